@@ -1,0 +1,4 @@
+"""``python -m bhcore`` runs the CLI."""
+from .cli.main import app
+
+app(prog_name="bhcore")
