@@ -125,7 +125,7 @@ def run(
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Run every available stage on each frame; one failing frame never stops the rest."""
-    from ..pipeline import run_batch
+    from ..runner import run_batch
     obs = observatory_settings(observatory)
     summary = run_batch(files, obs, out, photometry_backend=photometry_backend,
                         overrides=parse_overrides(overrides))
@@ -141,7 +141,7 @@ def demo(
     seed: int = typer.Option(1, "--seed"),
 ):
     """Simulate a night and run every stage that exists so far on it."""
-    from ..pipeline import run_demo
+    from ..runner import run_demo
     summary = run_demo(out, n_frames=n_frames, size=size, seed=seed)
     _print_summary(summary)
     if summary.failed:
