@@ -106,7 +106,8 @@ def run_demo(out_dir, *, n_frames: int = 6, size: int = 512, seed: int = 1) -> R
     obs = registry.get(DEMO_ONAME)
     files = sorted((out_dir / "raw").glob("*.fits"))
     summary = RunSummary()
-    summary.stage_notes.append(f"simulated {len(files)} frames of {night!r:.60} into {out_dir / 'raw'}")
+    summary.stage_notes.append(f"simulated {len(files)} frames ({len(night.catalog)} stars, "
+                               f"a transit and a variable) into {out_dir / 'raw'}")
     return run_batch(files, obs, out_dir / "products", summary=summary)
 
 

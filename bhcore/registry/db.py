@@ -302,14 +302,27 @@ class Registry:
             session.commit()
 
     def ensure_builtin(self, directory=None) -> list[str]:
-        """Fill an empty registry from the repository's ``registry/`` folder."""
-        if self.count():
-            return []
+        """Add the repository's ``registry/`` entries that this registry lacks.
+
+        An empty registry is filled; a filled one gains the built-in cameras added
+        since, while entries already present (perhaps edited by the user) are kept.
+        """
         folder = Path(directory) if directory else builtin_dir()
         if not folder.is_dir():
             log.warning("registry: built-in folder %s is absent; registry stays empty", folder)
             return []
-        return self.import_dir(folder, strict=False)
+        if not self.count():
+            return self.import_dir(folder, strict=False)
+        known = set(self.onames())
+        added = []
+        for path in sorted(folder.glob("*_obs.info")):
+            try:
+                oname = settings_from_obsinfo(read_obsinfo(path)).oname
+                if oname not in known:
+                    added.append(self.add_obsinfo(path))
+            except BhError as exc:
+                log.warning("registry: built-in entry skipped: %s", exc)
+        return added
 
     # --- reading ---------------------------------------------------------------------
     def count(self) -> int:
