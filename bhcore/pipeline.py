@@ -138,7 +138,9 @@ def run_astrometry(frame: Frame, backends, obs=None, overrides=None, sources=Non
             return result, attempts
         attempts.append((backend, "not solved"))
     summary = "; ".join(f"{b}: {why}" for b, why in attempts) or "no backend selected"
-    raise AstrometryNotSolved(f"no astrometric solution ({summary})", path=frame.path)
+    error = AstrometryNotSolved(f"no astrometric solution ({summary})", path=frame.path)
+    error.attempts = [why for _b, why in attempts]
+    raise error
 
 
 # --- products and batch runs ------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from .errors import BackendNotFound, BhError, NotImplementedYet
+from .errors import AstrometryNotSolved, BackendNotFound, BhError, NotImplementedYet
 from .frame import read_frame, write_frame
 from .headers import header_plugins, output_path, standardise
 from .pipeline import run_astrometry, run_photometry, wcs_cards, write_table
@@ -35,19 +35,45 @@ def _unavailable(exc) -> bool:
 
 def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None,
                   summary: RunSummary | None = None) -> dict[str, Path]:
-    """Run header -> photometry -> astrometry -> calibration on one frame.
+    """Run header -> astrometry -> photometry -> calibration on one frame.
 
-    Products of every stage that succeeded are kept even when a later one fails.
-    A stage whose backend is not installed or not implemented yet is skipped with a
-    note; any other failure is raised as a one-line ``BhError``.
+    Products of every stage that succeeded are kept even when a later one fails,
+    and a manifest (``<stem>.manifest.json``) written last, atomically, says the
+    frame is complete. A stage whose backend is not installed or not implemented
+    yet is skipped with a note; an unsolved astrometry skips the later stages and
+    is raised (after the manifest of what was done); any other failure is raised
+    as a one-line ``BhError``.
     """
     summary = summary if summary is not None else RunSummary()
     stem = safe_stem(path)
     folder = Path(out_dir) / stem
     products: dict[str, Path] = {}
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        summary.stage_notes.append(f"{stem}: {text}")
+
     raw = read_frame(path, obs=obs)
     frame = standardise(raw, obs, header_plugins(obs))
     products["header"] = write_frame(frame, folder / f"{stem}_std.fits")
+
+    chain = obs.backends_for("astrometry") if obs else ("astrometry_scamp", "astrometry_nova")
+    try:
+        result, attempts = run_astrometry(frame, chain, obs=obs, overrides=overrides)
+    except AstrometryNotSolved as exc:
+        if all(_unavailable_text(said) for said in getattr(exc, "attempts", [])):
+            note(f"astrometry skipped: {exc}")
+        else:
+            note(f"astrometry failed: {exc}; later stages skipped")
+            write_manifest(folder, stem, path, products, notes, status="failed")
+            raise
+    else:
+        header = frame.header.copy()
+        header.update(wcs_cards(result))
+        frame = frame.replace(header=header, wcs=result.wcs)
+        products["astrometry"] = write_frame(frame, folder / f"{stem}_wcs.fits")
+        note("astrometry: " + "; ".join(f"{b}: {said}" for b, said in attempts))
 
     backend = photometry_backend or (obs.backends_for("photometry")[0] if obs
                                      else "phot_python")
@@ -57,23 +83,48 @@ def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None
     except BhError as exc:
         if not _unavailable(exc):
             raise
-        summary.stage_notes.append(f"{stem}: photometry skipped: {exc}")
+        note(f"photometry skipped: {exc}")
     else:
+        add_sky_coordinates(table, frame.wcs)
         products["photometry"] = write_table(table, folder / f"{stem}_phot.ecsv")
-
-    chain = obs.backends_for("astrometry") if obs else ("astrometry_scamp",)
-    try:
-        result, _attempts = run_astrometry(frame, chain, obs=obs, overrides=overrides)
-    except BhError as exc:
-        summary.stage_notes.append(f"{stem}: astrometry: {exc}")
-        summary.stage_notes.append(f"{stem}: calibration skipped: needs astrometry")
-        return products
-    header = frame.header.copy()
-    header.update(wcs_cards(result))
-    products["astrometry"] = write_frame(frame.replace(header=header),
-                                         folder / f"{stem}_wcs.fits")
-    summary.stage_notes.append(f"{stem}: calibration skipped: no calibration backend yet")
+        if table.meta.get("residual_image"):
+            products["residual"] = Path(table.meta["residual_image"])
+    note("calibration skipped: no calibration backend yet")
+    write_manifest(folder, stem, path, products, notes, status="done")
     return products
+
+
+def _unavailable_text(said: str) -> bool:
+    return "not implemented yet" in said or "is not installed" in said
+
+
+def add_sky_coordinates(table, wcs) -> None:
+    """Give every source RA/Dec (deg) from the frame's WCS (0-based pixels)."""
+    if wcs is None or len(table) == 0:
+        return
+    ra, dec = wcs.celestial.pixel_to_world_values(table["x"], table["y"])
+    table["ra"] = ra
+    table["dec"] = dec
+
+
+def manifest_path(out_dir, path) -> Path:
+    stem = safe_stem(path)
+    return Path(out_dir) / stem / f"{stem}.manifest.json"
+
+
+def write_manifest(folder: Path, stem: str, source, products, notes, status: str) -> Path:
+    """Record a frame's products last, atomically: its presence means 'complete'."""
+    import json
+    from . import __version__
+    from .frame import atomic_write_text
+    payload = {
+        "input": str(source), "status": status, "bhcore": __version__,
+        "products": {k: str(Path(v).relative_to(folder)) if Path(v).is_relative_to(folder)
+                     else str(v) for k, v in products.items()},
+        "notes": notes,
+    }
+    return atomic_write_text(folder / f"{stem}.manifest.json",
+                             json.dumps(payload, indent=2) + "\n")
 
 
 def run_batch(files, obs, out_dir, *, photometry_backend=None, overrides=None,
