@@ -67,7 +67,9 @@ def camera_values(frame: Frame | None, obs) -> dict[str, Any]:
         from astropy.wcs.utils import proj_plane_pixel_scales
         scale = float(proj_plane_pixel_scales(frame.wcs.celestial).mean() * 3600.0)
     elif "CDELT1" in header:
-        scale = abs(float(header["CDELT1"])) * 3600.0
+        # a scale hint from the obs.info (deg/px); pixel-unit CDELT1 = 1 is not a scale
+        cdelt = _float_or_none(header["CDELT1"])
+        scale = abs(cdelt) * 3600.0 if cdelt and abs(cdelt) < 0.05 else None
     values["pixel_scale_arcsec"] = scale
     return {k: v for k, v in values.items() if v is not None}
 

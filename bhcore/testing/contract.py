@@ -33,8 +33,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 from astropy import units as u
@@ -60,7 +61,7 @@ class ContractFailure(AssertionError):
 
 
 # --- frames --------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grid_catalogue() -> Table:
     """36 isolated stars on a 6x6 grid (fluxes 2e3..4e5 ADU) and one saturated star."""
     rng = np.random.default_rng(SEED)
@@ -76,13 +77,13 @@ def _grid_catalogue() -> Table:
     return Table({"id": np.arange(1, x.size + 1), "x": x, "y": y, "flux": flux})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def star_field(kind: str = "clean"):
     """The contract frames: 'clean', 'defects' (NaN and masked star cores), 'empty'."""
     from .synthetic import make_star_field
 
-    common = dict(fwhm=FWHM, sky=SKY, gain=GAIN, read_noise=READ_NOISE_E,
-                  saturation=SATURATION, seed=SEED, blends=False)
+    common = {"fwhm": FWHM, "sky": SKY, "gain": GAIN, "read_noise": READ_NOISE_E,
+              "saturation": SATURATION, "seed": SEED, "blends": False}
     if kind == "empty":
         return make_star_field(SHAPE, 0, **common)
     field = make_star_field(SHAPE, stars=_grid_catalogue(), **common)
@@ -93,10 +94,12 @@ def star_field(kind: str = "clean"):
     nan_star, masked_star = defect_stars(field.truth)
     image = field.image.copy()
     mask = np.zeros(SHAPE, dtype=bool)
-    xs, ys = int(round(field.truth["x"][nan_star])), int(round(field.truth["y"][nan_star]))
-    image[ys - 1:ys + 2, xs - 1:xs + 2] = np.nan
-    xm, ym = int(round(field.truth["x"][masked_star])), int(round(field.truth["y"][masked_star]))
-    mask[ym - 1:ym + 1, xm - 1:xm + 1] = True
+    x_nan, y_nan = (int(np.rint(truth_value)) for truth_value in
+                    (field.truth["x"][nan_star], field.truth["y"][nan_star]))
+    image[y_nan - 1:y_nan + 2, x_nan - 1:x_nan + 2] = np.nan
+    x_bad, y_bad = (int(np.rint(truth_value)) for truth_value in
+                    (field.truth["x"][masked_star], field.truth["y"][masked_star]))
+    mask[y_bad - 1:y_bad + 1, x_bad - 1:x_bad + 1] = True
     image[mask] = 5.0e4                      # a hot spot: only harmless if the mask is used
     field.image = image
     field.mask = mask
