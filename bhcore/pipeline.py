@@ -159,15 +159,10 @@ def write_table(table, path) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
-def wcs_cards(result) -> dict[str, Any]:
+def wcs_cards(result, attempts=None) -> dict[str, Any]:
     """Header cards of a solved WCS plus the astrometry QA keywords."""
-    cards: dict[str, Any] = {}
-    if result.wcs is not None:
-        cards.update(result.wcs.to_header(relax=True))
-    cards.update({"ASTRBACK": result.backend, "ASTRNMAT": int(result.n_matched),
-                  "ASTRRMS": float(result.rms_arcsec) if math.isfinite(result.rms_arcsec)
-                  else -1.0})
-    return cards
+    from .gaia_grid import qa_cards
+    return qa_cards(result, attempts)
 
 
 def run_calibration(catalog_path, backend: str, obs=None, overrides=None):

@@ -7,6 +7,7 @@ shared data skip with a reason.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,38 @@ def _isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BHCORE_HOME", str(home))
     monkeypatch.delenv("BHCORE_REGISTRY_URL", raising=False)
     yield
+
+
+LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost", "0.0.0.0", socket.gethostname()}
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """Any connection or name lookup that leaves this machine fails the test.
+
+    Loopback stays open (local test servers, Dask LocalCluster). Attempts are also
+    recorded and asserted at teardown, so code that swallows the error still fails.
+    """
+    attempts: list = []
+    real_connect, real_lookup = socket.socket.connect, socket.getaddrinfo
+
+    def connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and host not in LOCAL_HOSTS:
+            attempts.append(address)
+            raise RuntimeError(f"network use in a test: connect to {address}")
+        return real_connect(sock, address)
+
+    def lookup(host, *args, **kwargs):
+        if host is not None and host not in LOCAL_HOSTS:
+            attempts.append(host)
+            raise RuntimeError(f"network use in a test: name lookup of {host}")
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    yield attempts
+    assert not attempts, f"network access attempted: {attempts}"
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

