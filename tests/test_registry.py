@@ -316,3 +316,29 @@ def test_main_cli_prints_one_line_and_exits_1(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "error: " in result.stderr and "X_obs.info:1: field 'field count'" in result.stderr
+
+
+def test_builtin_sync_adds_new_and_follows_edited_files_but_keeps_user_entries(
+        registry, tmp_path):
+    builtin = tmp_path / "builtin"
+    builtin.mkdir()
+    gochile = builtin / "GoChile-GoT1_ASI6200_obs.info"
+    gochile.write_text((builtin_dir() / gochile.name).read_text())
+    assert registry.ensure_builtin(builtin) == ["GoChile-GoT1_ASI6200"]
+    assert registry.ensure_builtin(builtin) == []                 # nothing changed
+
+    feder = builtin / "Feder0.4_AspenCG16_obs.info"              # a camera added later
+    feder.write_text((builtin_dir() / feder.name).read_text())
+    assert registry.ensure_builtin(builtin) == ["Feder0.4_AspenCG16"]
+
+    gochile.write_text(gochile.read_text().replace(": 62000", ": 61000"))  # file edited
+    assert registry.ensure_builtin(builtin) == ["GoChile-GoT1_ASI6200"]
+    assert registry.get("GoChile-GoT1_ASI6200").saturation == 61000
+
+    mine = tmp_path / "mine" / feder.name                         # the user's own version
+    mine.parent.mkdir()
+    mine.write_text(feder.read_text().replace(": 60000", ": 50000"))
+    registry.add_obsinfo(mine)
+    feder.write_text(feder.read_text() + "# a note\n")
+    assert registry.ensure_builtin(builtin) == []
+    assert registry.get("Feder0.4_AspenCG16").saturation == 50000

@@ -305,7 +305,8 @@ class Registry:
         """Add the repository's ``registry/`` entries that this registry lacks.
 
         An empty registry is filled; a filled one gains the built-in cameras added
-        since, while entries already present (perhaps edited by the user) are kept.
+        since and follows edits of built-in files, while entries the user added or
+        replaced from elsewhere are kept as they are.
         """
         folder = Path(directory) if directory else builtin_dir()
         if not folder.is_dir():
@@ -313,13 +314,17 @@ class Registry:
             return []
         if not self.count():
             return self.import_dir(folder, strict=False)
-        known = set(self.onames())
+        with Session(self.engine) as session:
+            known = {cam.oname: (cam.source_path, cam.obsinfo_text)
+                     for cam in session.exec(select(Camera))}
         added = []
         for path in sorted(folder.glob("*_obs.info")):
             try:
-                oname = settings_from_obsinfo(read_obsinfo(path)).oname
-                if oname not in known:
-                    added.append(self.add_obsinfo(path))
+                obsinfo = read_obsinfo(path)
+                oname = settings_from_obsinfo(obsinfo).oname
+                source, text_now = known.get(oname, (None, None))
+                if oname not in known or (source == str(path) and text_now != obsinfo.text):
+                    added.append(self.add_obsinfo(path))   # new, or a built-in file updated
             except BhError as exc:
                 log.warning("registry: built-in entry skipped: %s", exc)
         return added
