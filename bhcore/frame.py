@@ -73,11 +73,12 @@ def _wcs_or_none(header: fits.Header) -> WCS | None:
     return wcs if wcs.has_celestial else None
 
 
-def read_frame(path: str | Path, obs=None) -> Frame:
+def read_frame(path: str | Path, obs=None, *, check: bool = False) -> Frame:
     """Read the first 2-D image in ``path`` (any HDU; .gz/.fz/.bz2 accepted).
 
     Raises InputError naming the file and the problem for anything that is not a
-    readable 2-D image: empty, truncated, not FITS, no image, a cube.
+    readable 2-D image: empty, truncated, not FITS, no image, a cube. With
+    ``check`` the pixels must also be usable science data (:func:`check_pixels`).
     """
     path = Path(path)
     if not path.exists():
@@ -86,6 +87,7 @@ def read_frame(path: str | Path, obs=None) -> Frame:
         raise InputError("is a folder, not a FITS file", path=path)
     if path.stat().st_size == 0:
         raise InputError("file is empty", path=path)
+    _check_compressed(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
@@ -102,9 +104,77 @@ def read_frame(path: str | Path, obs=None) -> Frame:
     others = tuple(h for i, h in enumerate(headers) if i != index)
     data = np.asarray(data, dtype=np.float64)   # native byte order, float
     mask = ~np.isfinite(data)
-    return Frame(data=data, header=header, path=path, wcs=_wcs_or_none(header),
-                 mask=mask if mask.any() else None, obs=obs, hdu_index=index,
-                 other_headers=others)
+    frame = Frame(data=data, header=header, path=path, wcs=_wcs_or_none(header),
+                  mask=mask if mask.any() else None, obs=obs, hdu_index=index,
+                  other_headers=others)
+    if check:
+        check_pixels(frame)
+    return frame
+
+
+HEAVY_SATURATION = 0.5
+"""Fraction of saturated pixels above which a frame holds no usable photometry."""
+
+
+def check_pixels(frame: Frame) -> None:
+    """Refuse pixel data no stage can use, with one line naming the file.
+
+    Why opt-in (``read_frame(check=True)``): bias frames and unit-test images are
+    legitimately flat; only the science pipeline must refuse an all-NaN, all-zero,
+    constant or mostly saturated frame before spending minutes on astrometry.
+    """
+    data = frame.data
+    finite = np.isfinite(data) if frame.mask is None else ~frame.mask
+    n_finite = int(finite.sum())
+    if n_finite == 0:
+        raise InputError("no finite pixel values (all NaN or Inf)", path=frame.path)
+    values = data[finite] if n_finite < data.size else data.ravel()
+    saturation = _saturation_level(frame)
+    if saturation is not None:
+        fraction = float(np.count_nonzero(values >= saturation)) / values.size
+        if fraction > HEAVY_SATURATION:
+            raise InputError(f"heavily saturated: {fraction:.0%} of pixels at or above "
+                             f"the saturation level {saturation:g} ADU", path=frame.path)
+    low, high = float(values.min()), float(values.max())
+    if low == high == 0.0:
+        raise InputError("all pixels are zero (an empty read-out)", path=frame.path)
+    if low == high:
+        raise InputError(f"all pixels have the same value {low:g} (no image)",
+                         path=frame.path)
+
+
+def _saturation_level(frame: Frame) -> float | None:
+    """The camera's saturation (registry entry first, else the SATURATE card)."""
+    level = getattr(frame.obs, "saturation", None) if frame.obs is not None else None
+    if level is None:
+        level = frame.lookup("SATURATE")
+    try:
+        level = float(level)
+    except (TypeError, ValueError):
+        return None
+    return level if np.isfinite(level) and level > 0 else None
+
+
+def _check_compressed(path: Path) -> None:
+    """Read a .gz/.bz2 stream to its end so its checksum is verified.
+
+    Why: astropy stops reading once it has the pixels, so a corrupted stream
+    would otherwise give garbage pixels without any error.
+    """
+    import bz2
+    import gzip
+    import zlib
+    name = path.name.lower()
+    opener = gzip.open if name.endswith(".gz") else bz2.open if name.endswith(".bz2") else None
+    if opener is None:
+        return
+    try:
+        with opener(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
+        raise InputError(f"corrupt or truncated compressed FITS file ({_short(exc)})",
+                         path=path) from None
 
 
 def _find_image(hdul, path):

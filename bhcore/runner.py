@@ -8,12 +8,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.progress import Progress
+from astropy.io import fits
 
 from .errors import AstrometryNotSolved, BackendNotFound, BhError, NotImplementedYet
 from .frame import read_frame, write_frame
+from .gaia_grid import write_products
 from .headers import header_plugins, output_path, standardise
-from .pipeline import run_astrometry, run_photometry, wcs_cards, write_table
+from .pipeline import run_astrometry, run_photometry, write_table
+from .results.stage import calibrate_and_record
 
 
 def safe_stem(path) -> str:
@@ -69,10 +71,11 @@ def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None
             write_manifest(folder, stem, path, products, notes, status="failed")
             raise
     else:
-        header = frame.header.copy()
-        header.update(wcs_cards(result))
-        frame = frame.replace(header=header, wcs=result.wcs)
-        products["astrometry"] = write_frame(frame, folder / f"{stem}_wcs.fits")
+        written = write_products(frame, result, folder, stem, attempts)
+        products["astrometry"] = written["frame"]
+        if "matches" in written:
+            products["astrometry_matches"] = written["matches"]
+        frame = frame.replace(header=fits.getheader(written["frame"]), wcs=result.wcs)
         note("astrometry: " + "; ".join(f"{b}: {said}" for b, said in attempts))
 
     backend = photometry_backend or (obs.backends_for("photometry")[0] if obs
@@ -89,7 +92,11 @@ def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None
         products["photometry"] = write_table(table, folder / f"{stem}_phot.ecsv")
         if table.meta.get("residual_image"):
             products["residual"] = Path(table.meta["residual_image"])
-    note("calibration skipped: no calibration backend yet")
+        _result, cal_products, cal_notes = calibrate_and_record(frame, table, obs, folder,
+                                                                overrides)
+        products.update(cal_products)
+        for text in ([cal_notes] if isinstance(cal_notes, str) else cal_notes):
+            note(text)
     write_manifest(folder, stem, path, products, notes, status="done")
     return products
 
@@ -128,24 +135,19 @@ def write_manifest(folder: Path, stem: str, source, products, notes, status: str
 
 
 def run_batch(files, obs, out_dir, *, photometry_backend=None, overrides=None,
-              summary: RunSummary | None = None) -> RunSummary:
-    """Process many frames; a failing frame is reported and the others go on."""
-    summary = summary if summary is not None else RunSummary()
-    with Progress(transient=True) as progress:
-        task = progress.add_task("frames", total=len(files))
-        for path in files:
-            try:
-                summary.products[str(path)] = process_frame(
-                    path, obs, out_dir, photometry_backend=photometry_backend,
-                    overrides=overrides, summary=summary)
-                summary.done += 1
-            except BhError as exc:
-                summary.failed.append((str(path), str(exc)))
-            progress.advance(task)
-    return summary
+              summary: RunSummary | None = None, **parallel) -> RunSummary:
+    """Process many frames; a failing frame is reported and the others go on.
+
+    Delegates to :func:`bhcore.batch.run_batch`; ``parallel`` takes its
+    ``workers``, ``resume``, ``executor``, ``scheduler`` and ``console``.
+    """
+    from .batch import run_batch as parallel_batch
+    return parallel_batch(files, obs, out_dir, photometry_backend=photometry_backend,
+                          overrides=overrides, summary=summary, **parallel)
 
 
-def run_demo(out_dir, *, n_frames: int = 6, size: int = 512, seed: int = 1) -> RunSummary:
+def run_demo(out_dir, *, n_frames: int = 6, size: int = 512, seed: int = 1,
+             **parallel) -> RunSummary:
     """Simulate a night with the demo camera and run every stage that exists."""
     from .registry import Registry
     from .testing import make_night
@@ -159,7 +161,7 @@ def run_demo(out_dir, *, n_frames: int = 6, size: int = 512, seed: int = 1) -> R
     summary = RunSummary()
     summary.stage_notes.append(f"simulated {len(files)} frames ({len(night.catalog)} stars, "
                                f"a transit and a variable) into {out_dir / 'raw'}")
-    return run_batch(files, obs, out_dir / "products", summary=summary)
+    return run_batch(files, obs, out_dir / "products", summary=summary, **parallel)
 
 
 DEMO_ONAME = "BHCORE-SIM_SynthCam"

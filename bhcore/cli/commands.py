@@ -86,18 +86,17 @@ def astrometry(
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Solve the astrometry of FILE with the fallback chain and write the solved copy."""
-    from ..frame import read_frame, write_frame
-    from ..pipeline import run_astrometry, wcs_cards
+    from ..frame import read_frame
+    from ..gaia_grid import write_products
+    from ..pipeline import run_astrometry
+    from ..runner import safe_stem
     obs = observatory_settings(observatory)
     frame = read_frame(file, obs=obs)
     chain = backend or (obs.backends_for("astrometry") if obs else
                         ("astrometry_scamp", "astrometry_nova"))
     result, attempts = run_astrometry(frame, chain, obs=obs,
                                       overrides=parse_overrides(overrides))
-    header = frame.header.copy()
-    header.update(wcs_cards(result))
-    target = out / f"{Path(frame.name).name.split('.')[0]}_wcs.fits"
-    write_frame(frame.replace(header=header), target)
+    target = write_products(frame, result, out, safe_stem(file), attempts)["frame"]
     console.print(f"solved by {result.backend}: {result.n_matched} stars, "
                   f"rms {result.rms_arcsec:.3f}\" -> {target}")
     for name, said in attempts:
@@ -123,13 +122,26 @@ def run(
     photometry_backend: Optional[str] = typer.Option(None, "--photometry",
                                                      help="Override the photometry backend."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-j", min=0,
+        help="Frames processed at once (default: the cores; 0: in this process)."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Skip frames whose products are complete."),
+    executor: str = typer.Option("local", "--executor", help="local | dask"),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Dask scheduler tcp://HOST:PORT (default: a local cluster)."),
 ):
-    """Run every available stage on each frame; one failing frame never stops the rest."""
+    """Run every available stage on each frame in parallel; one failing frame never stops the rest."""
+    from ..batch import print_summary
     from ..runner import run_batch
+    from ..secrets import install
+    install()
     obs = observatory_settings(observatory)
     summary = run_batch(files, obs, out, photometry_backend=photometry_backend,
-                        overrides=parse_overrides(overrides))
-    _print_summary(summary)
+                        overrides=parse_overrides(overrides), workers=workers,
+                        resume=resume, executor=executor, scheduler=scheduler,
+                        console=err_console)
+    print_summary(summary, console, err_console)
     if summary.failed:
         raise typer.Exit(code=1)
 
@@ -139,11 +151,24 @@ def demo(
     n_frames: int = typer.Option(6, "--frames", help="Frames in the simulated night."),
     size: int = typer.Option(512, "--size", help="Frame size in pixels."),
     seed: int = typer.Option(1, "--seed"),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", "-j", min=0,
+        help="Frames processed at once (default: the cores; 0: in this process)."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Skip frames whose products are complete."),
+    executor: str = typer.Option("local", "--executor", help="local | dask"),
+    scheduler: Optional[str] = typer.Option(
+        None, "--scheduler", help="Dask scheduler tcp://HOST:PORT (default: a local cluster)."),
 ):
     """Simulate a night and run every stage that exists so far on it."""
+    from ..batch import print_summary
     from ..runner import run_demo
-    summary = run_demo(out, n_frames=n_frames, size=size, seed=seed)
-    _print_summary(summary)
+    from ..secrets import install
+    install()
+    summary = run_demo(out, n_frames=n_frames, size=size, seed=seed, workers=workers,
+                       resume=resume, executor=executor, scheduler=scheduler,
+                       console=err_console)
+    print_summary(summary, console, err_console)
     if summary.failed:
         raise typer.Exit(code=1)
 

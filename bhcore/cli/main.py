@@ -5,6 +5,7 @@ other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -33,9 +34,15 @@ def guard(func):
 
 
 def guard_app(sub: typer.Typer) -> typer.Typer:
+    """A copy of a sub-app whose commands are guarded (the original stays as it is)."""
+    guarded = typer.Typer(no_args_is_help=True)
+    guarded.registered_callback = sub.registered_callback
+    guarded.registered_groups = list(sub.registered_groups)
     for info in sub.registered_commands:
-        info.callback = guard(info.callback)
-    return sub
+        copied = copy.copy(info)
+        copied.callback = guard(info.callback)
+        guarded.registered_commands.append(copied)
+    return guarded
 
 
 app = typer.Typer(
@@ -52,35 +59,21 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 
 def _mount() -> None:
-    from . import commands, plugins_cmd
+    from . import commands, plugins_cmd, results_cmd
+    from .headers_cmd import headers
+    from .registry_cmd import app as registry_app
+    from .service_cmd import serve, status
+    from .simulate_cmd import simulate
     app.add_typer(guard_app(plugins_cmd.app), name="plugins",
                   help="Installed backends and their settings.")
+    app.add_typer(guard_app(registry_app), name="registry",
+                  help="Observatories and cameras (obs.info entries).")
     app.command("doctor")(guard(plugins_cmd.doctor))
-    for name, func in commands.STAGE_COMMANDS.items():
+    app.command("headers")(guard(headers))
+    app.command("simulate")(guard(simulate))
+    for name, func in {**commands.STAGE_COMMANDS, **results_cmd.COMMANDS,
+                       "serve": serve, "status": status}.items():
         app.command(name)(guard(func))
-    try:
-        from .registry_cmd import app as registry_app
-        app.add_typer(guard_app(registry_app), name="registry",
-                      help="Observatories and cameras (obs.info entries).")
-    except ImportError as exc:  # pragma: no cover - only while a module is missing
-        _missing("registry", exc)
-    try:
-        from .headers_cmd import headers
-        app.command("headers")(guard(headers))
-    except ImportError as exc:  # pragma: no cover
-        _missing("headers", exc)
-    try:
-        from .simulate_cmd import simulate
-        app.command("simulate")(guard(simulate))
-    except ImportError as exc:  # pragma: no cover
-        _missing("simulate", exc)
-
-
-def _missing(name: str, exc: Exception) -> None:
-    def unavailable():
-        err_console.print(f"error: '{name}' is unavailable in this install: {exc}")
-        raise typer.Exit(code=1)
-    app.command(name, help=f"(unavailable: {exc})")(unavailable)
 
 
 _mount()
