@@ -190,8 +190,20 @@ def _normalise(result, plugin: str, frame: Frame) -> dict:
         if not isinstance(value, (str, bool, int, float)):
             raise HeaderError(f"header plugin '{plugin}' set {key} to a "
                               f"{type(value).__name__}", path=frame.path, backend=plugin)
-        cards[key] = (value, None if comment is None else str(comment)[:60])
+        if isinstance(value, str):
+            value = fits_text(value)
+        cards[key] = (value, None if comment is None else fits_text(str(comment))[:60])
     return cards
+
+
+def fits_text(text: str) -> str:
+    """FITS cards hold printable ASCII only: fold accents (Białków -> Bialkow), '?' else."""
+    import unicodedata
+    if text.isascii() and text.isprintable():
+        return text
+    folded = unicodedata.normalize("NFKD", text.replace("ł", "l").replace("Ł", "L"))
+    kept = "".join(c for c in folded if not unicodedata.combining(c))
+    return "".join(c if c.isascii() and c.isprintable() else "?" for c in kept)
 
 
 def _same(a, b) -> bool:

@@ -448,3 +448,10 @@ def test_cli_unknown_observatory_is_one_clear_line(tmp_path):
                                          "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "NO_SUCH_CAMERA" in result.output and "Traceback" not in result.output
+
+
+def test_card_text_is_folded_to_printable_ascii():
+    from bhcore.headers import fits_text
+    assert fits_text("Białków Universitätssternwarte") == "Bialkow Universitatssternwarte"
+    assert fits_text("frame\tπ.fits") == "frame??.fits"
+    assert fits_text("plain-ascii_1.fits") == "plain-ascii_1.fits"
