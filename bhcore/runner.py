@@ -161,7 +161,25 @@ def run_demo(out_dir, *, n_frames: int = 6, size: int = 512, seed: int = 1,
     summary = RunSummary()
     summary.stage_notes.append(f"simulated {len(files)} frames ({len(night.catalog)} stars, "
                                f"a transit and a variable) into {out_dir / 'raw'}")
-    return run_batch(files, obs, out_dir / "products", summary=summary, **parallel)
+    parallel.setdefault("overrides", demo_overrides(out_dir / "raw" / "catalog.ecsv"))
+    summary = run_batch(files, obs, out_dir / "products", summary=summary, **parallel)
+    if summary.done:
+        from .report import write_report
+        target = night.catalog[night.catalog["id"] == night.target_id][0]
+        page = write_report(out_dir / "products", None,
+                            target=(float(target["ra"]), float(target["dec"])))
+        summary.stage_notes.append(f"report with light curves -> {page}")
+    return summary
+
+
+def demo_overrides(catalog: Path) -> dict:
+    """The simulated sky is the reference catalogue: astrometry and calibration use it.
+
+    (A real frame uses Gaia DR3 or the offline Tycho-2; neither knows a simulated sky.)
+    """
+    file_settings = {"path": str(catalog), "columns": {"V": "mag"}}
+    return {"catalogs": ["file"], "catalog_settings": {"file": file_settings},
+            "file.path": file_settings["path"], "file.columns": file_settings["columns"]}
 
 
 DEMO_ONAME = "BHCORE-SIM_SynthCam"
