@@ -145,7 +145,6 @@ def run_one(path, obs, out_dir, *, photometry_backend=None, overrides=None,
     this attempt made. A folder whose manifest belongs to another input is left
     alone and the frame fails instead.
     """
-    from .frame import read_frame
     start = time.perf_counter()
     path, out_dir = Path(path).absolute(), Path(out_dir)
     folder = manifest_path(out_dir, path).parent
@@ -163,7 +162,6 @@ def run_one(path, obs, out_dir, *, photometry_backend=None, overrides=None,
     root.addHandler(collector)
     result = FrameResult(str(path), "done")
     try:
-        read_frame(path, obs=obs, check=True)   # input checks process_frame lacks today
         products = process_frame(path, obs, out_dir, photometry_backend=photometry_backend,
                                  overrides=overrides, summary=summary)
         result.products = {k: Path(v).name for k, v in products.items()}

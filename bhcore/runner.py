@@ -49,56 +49,74 @@ def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None
     summary = summary if summary is not None else RunSummary()
     stem = safe_stem(path)
     folder = Path(out_dir) / stem
+    frame, products, notes, failure = header_and_astrometry(path, obs, folder, stem,
+                                                            overrides)
+    if not failure:
+        made, more = photometry_and_calibration(frame, obs, folder, stem, overrides,
+                                                photometry_backend)
+        products.update(made)
+        notes.extend(more)
+    summary.stage_notes.extend(f"{stem}: {text}" for text in notes)
+    if failure:
+        write_manifest(folder, stem, path, products, notes, status="failed")
+        raise failure
+    write_manifest(folder, stem, path, products, notes, status="done")
+    return products
+
+
+def header_and_astrometry(path, obs, folder: Path, stem: str, overrides=None):
+    """Standardise the header, then try the astrometry chain; write both products.
+
+    Returns ``(frame, products, notes, failure)``: the frame carries the solved WCS;
+    ``failure`` is the AstrometryNotSolved that skips the later stages, or None
+    (also when no astrometry backend is available at all: that is only a note).
+    """
     products: dict[str, Path] = {}
     notes: list[str] = []
-
-    def note(text: str) -> None:
-        notes.append(text)
-        summary.stage_notes.append(f"{stem}: {text}")
-
-    raw = read_frame(path, obs=obs)
+    raw = read_frame(path, obs=obs, check=True)
     frame = standardise(raw, obs, header_plugins(obs))
     products["header"] = write_frame(frame, folder / f"{stem}_std.fits")
-
     chain = obs.backends_for("astrometry") if obs else ("astrometry_scamp", "astrometry_nova")
     try:
         result, attempts = run_astrometry(frame, chain, obs=obs, overrides=overrides)
     except AstrometryNotSolved as exc:
         if all(_unavailable_text(said) for said in getattr(exc, "attempts", [])):
-            note(f"astrometry skipped: {exc}")
-        else:
-            note(f"astrometry failed: {exc}; later stages skipped")
-            write_manifest(folder, stem, path, products, notes, status="failed")
-            raise
-    else:
-        written = write_products(frame, result, folder, stem, attempts)
-        products["astrometry"] = written["frame"]
-        if "matches" in written:
-            products["astrometry_matches"] = written["matches"]
-        frame = frame.replace(header=fits.getheader(written["frame"]), wcs=result.wcs)
-        note("astrometry: " + "; ".join(f"{b}: {said}" for b, said in attempts))
+            notes.append(f"astrometry skipped: {exc}")
+            return frame, products, notes, None
+        notes.append(f"astrometry failed: {exc}; later stages skipped")
+        return frame, products, notes, exc
+    written = write_products(frame, result, folder, stem, attempts)
+    products["astrometry"] = written["frame"]
+    if "matches" in written:
+        products["astrometry_matches"] = written["matches"]
+    frame = frame.replace(header=fits.getheader(written["frame"]), wcs=result.wcs)
+    notes.append("astrometry: " + "; ".join(f"{b}: {said}" for b, said in attempts))
+    return frame, products, notes, None
 
-    backend = photometry_backend or (obs.backends_for("photometry")[0] if obs
-                                     else "phot_python")
+
+def photometry_and_calibration(frame, obs, folder: Path, stem: str, overrides=None,
+                               backend: str | None = None):
+    """Measure every source, give it RA/Dec, calibrate and record; returns products, notes."""
+    products: dict[str, Path] = {}
+    notes: list[str] = []
+    backend = backend or (obs.backends_for("photometry")[0] if obs else "phot_python")
     extra = dict(overrides or {}, products_dir=str(folder))
     try:
         table = run_photometry(frame, backend, obs=obs, overrides=extra)
     except BhError as exc:
         if not _unavailable(exc):
             raise
-        note(f"photometry skipped: {exc}")
-    else:
-        add_sky_coordinates(table, frame.wcs)
-        products["photometry"] = write_table(table, folder / f"{stem}_phot.ecsv")
-        if table.meta.get("residual_image"):
-            products["residual"] = Path(table.meta["residual_image"])
-        _result, cal_products, cal_notes = calibrate_and_record(frame, table, obs, folder,
-                                                                overrides)
-        products.update(cal_products)
-        for text in ([cal_notes] if isinstance(cal_notes, str) else cal_notes):
-            note(text)
-    write_manifest(folder, stem, path, products, notes, status="done")
-    return products
+        notes.append(f"photometry skipped: {exc}")
+        return products, notes
+    add_sky_coordinates(table, frame.wcs)
+    products["photometry"] = write_table(table, folder / f"{stem}_phot.ecsv")
+    if table.meta.get("residual_image"):
+        products["residual"] = Path(table.meta["residual_image"])
+    _result, cal_products, cal_notes = calibrate_and_record(frame, table, obs, folder,
+                                                            overrides)
+    products.update(cal_products)
+    notes.extend([cal_notes] if isinstance(cal_notes, str) else cal_notes)
+    return products, notes
 
 
 def _unavailable_text(said: str) -> bool:
@@ -124,11 +142,12 @@ def write_manifest(folder: Path, stem: str, source, products, notes, status: str
     import json
     from . import __version__
     from .frame import atomic_write_text
+    from .secrets import redact
     payload = {
         "input": str(source), "status": status, "bhcore": __version__,
         "products": {k: str(Path(v).relative_to(folder)) if Path(v).is_relative_to(folder)
                      else str(v) for k, v in products.items()},
-        "notes": notes,
+        "notes": [redact(n) for n in notes],
     }
     return atomic_write_text(folder / f"{stem}.manifest.json",
                              json.dumps(payload, indent=2) + "\n")

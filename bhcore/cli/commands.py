@@ -134,8 +134,6 @@ def run(
     """Run every available stage on each frame in parallel; one failing frame never stops the rest."""
     from ..batch import print_summary
     from ..runner import run_batch
-    from ..secrets import install
-    install()
     obs = observatory_settings(observatory)
     summary = run_batch(files, obs, out, photometry_backend=photometry_backend,
                         overrides=parse_overrides(overrides), workers=workers,
@@ -163,8 +161,6 @@ def demo(
     """Simulate a night and run every stage that exists so far on it."""
     from ..batch import print_summary
     from ..runner import run_demo
-    from ..secrets import install
-    install()
     summary = run_demo(out, n_frames=n_frames, size=size, seed=seed, workers=workers,
                        resume=resume, executor=executor, scheduler=scheduler,
                        console=err_console)

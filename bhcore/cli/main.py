@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from ..errors import BhError
+from ..secrets import install, redact
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -27,7 +28,7 @@ def guard(func):
         try:
             return func(*args, **kwargs)
         except BhError as exc:
-            err_console.print(f"error: {exc}", markup=False)
+            err_console.print(f"error: {redact(str(exc))}", markup=False)
             raise typer.Exit(code=1) from None
 
     return wrapper
@@ -56,6 +57,7 @@ app = typer.Typer(
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    install()                              # tokens and API keys never reach a log line
 
 
 def _mount() -> None:

@@ -58,10 +58,8 @@ def serve(
                                                   "e.g. phot_python.fwhm=3.5 (repeatable)."),
 ):
     """Watch INBOX and process every new frame; SIGTERM or Ctrl-C stops cleanly."""
-    from ..secrets import install
     from ..service import ServiceConfig, serve as run_service
     from .commands import parse_overrides
-    install()
     logging.getLogger("bhcore").setLevel(logging.INFO)
     config = ServiceConfig(
         inbox=str(inbox.absolute()), out=str(out.absolute()), db_url=_url(db, out),
@@ -80,9 +78,8 @@ def status(
 ):
     """Show the service's queue: jobs per stage and state, running and failed jobs."""
     from ..errors import ConfigError
-    from ..secrets import install, redact
+    from ..secrets import redact
     from ..service import status as queue_status
-    install()
     url = _url(db, out)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
         raise ConfigError(f"no job database at {url[len('sqlite:///'):]} "

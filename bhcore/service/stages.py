@@ -17,13 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..batch import products_in
-from ..errors import (AstrometryNotSolved, BhError, ExternalToolError, InputError,
-                      MissingEngine)
-from ..frame import read_frame, write_frame
-from ..gaia_grid import write_products
-from ..headers import header_plugins, standardise
-from ..pipeline import run_astrometry, run_photometry, write_table
-from ..runner import _unavailable, _unavailable_text, add_sky_coordinates, write_manifest
+from ..errors import BhError, ExternalToolError, InputError, MissingEngine
+from ..frame import read_frame
+from ..runner import header_and_astrometry, photometry_and_calibration, write_manifest
 
 
 @dataclass
@@ -67,32 +63,15 @@ def astrometry_stage(job, obs, out_dir, overrides=None) -> Outcome:
     if content_hash(job.path) != job.content_hash:
         raise InputError("the file changed after it was registered (the new content is "
                          "a job of its own)", path=job.path)
-    raw = read_frame(job.path, obs=obs, check=True)
-    frame = standardise(raw, obs, header_plugins(obs))
-    made = {"header": write_frame(frame, folder / f"{name}_std.fits")}
-    out = Outcome()
-    chain = obs.backends_for("astrometry") if obs else ("astrometry_scamp", "astrometry_nova")
-    try:
-        result, attempts = run_astrometry(frame, chain, obs=obs, overrides=overrides)
-    except AstrometryNotSolved as exc:
-        if all(_unavailable_text(said) for said in getattr(exc, "attempts", [])):
-            out.notes.append(f"astrometry skipped: {exc}")
-        else:
-            out.notes.append(f"astrometry failed: {exc}; later stages skipped")
-            out.reason = str(exc)
-    else:
-        written = write_products(frame, result, folder, name, attempts)
-        made["astrometry"] = written["frame"]
-        if "matches" in written:
-            made["astrometry_matches"] = written["matches"]
-        out.notes.append("astrometry: " + "; ".join(f"{b}: {said}" for b, said in attempts))
+    _frame, made, notes, failure = header_and_astrometry(job.path, obs, folder, name,
+                                                         overrides)
+    out = Outcome(notes=notes, reason=str(failure) if failure else "")
     out.products = _names(made, folder)
     return out
 
 
 def photometry_stage(job, obs, out_dir, overrides=None, backend=None) -> Outcome:
     """Measure the solved (or standardised) frame, then calibrate it (no database yet)."""
-    from ..results.stage import calibrate_and_record
     folder, name = folder_of(out_dir, job), job.out_name
     made = {k: folder / v for k, v in job.products.items()}
     notes = list(job.notes)
@@ -100,23 +79,11 @@ def photometry_stage(job, obs, out_dir, overrides=None, backend=None) -> Outcome
         stray.unlink(missing_ok=True)
     source = made.get("astrometry") or made["header"]
     frame = read_frame(source, obs=obs).replace(path=Path(job.path))
-    backend = backend or (obs.backends_for("photometry")[0] if obs else "phot_python")
-    extra = dict(overrides or {}, products_dir=str(folder))
-    try:
-        table = run_photometry(frame, backend, obs=obs, overrides=extra)
-    except BhError as exc:
-        if not _unavailable(exc):
-            raise
-        notes.append(f"photometry skipped: {exc}")
-        return Outcome(_names(made, folder), notes)
-    add_sky_coordinates(table, frame.wcs)
-    made["photometry"] = write_table(table, folder / f"{name}_phot.ecsv")
-    if table.meta.get("residual_image"):
-        made["residual"] = Path(table.meta["residual_image"])
-    _result, cal_products, cal_notes = calibrate_and_record(
-        frame, table, obs, folder, {**(overrides or {}), "record": False})
-    made.update(cal_products)
-    notes.extend([cal_notes] if isinstance(cal_notes, str) else cal_notes)
+    made_now, more = photometry_and_calibration(frame, obs, folder, name,
+                                                {**(overrides or {}), "record": False},
+                                                backend)
+    made.update(made_now)
+    notes.extend(more)
     return Outcome(_names(made, folder), notes)
 
 
