@@ -76,6 +76,26 @@ def _mount() -> None:
     for name, func in {**commands.STAGE_COMMANDS, **results_cmd.COMMANDS,
                        "serve": serve, "status": status}.items():
         app.command(name)(guard(func))
+    _mount_plugin_commands()
+
+
+def _mount_plugin_commands() -> None:
+    """Commands that plugins contribute (entry-point group ``bhcore.commands``).
+
+    Such modules must stay light: they are imported at every start of the CLI. A
+    broken one is listed as unavailable instead of breaking every command.
+    """
+    from importlib import metadata
+    for ep in metadata.entry_points(group="bhcore.commands"):
+        try:
+            func = ep.load()
+        except Exception as exc:  # a third party's bug must not break the CLI
+            def unavailable(exc=exc):
+                err_console.print(f"error: command '{ep.name}' failed to load: {exc}")
+                raise typer.Exit(code=1)
+            app.command(ep.name, help=f"(unavailable: {exc})")(unavailable)
+            continue
+        app.command(ep.name)(guard(func))
 
 
 _mount()
