@@ -241,3 +241,23 @@ def write_frame(frame: Frame, path: str | Path, dtype=np.float32) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def file_stem(path) -> str:
+    """``a/b/night-01.fits.fz`` -> ``night-01``: compression and FITS suffixes dropped."""
+    name = Path(str(path)).name if path else "frame"
+    for suffix in (".gz", ".fz", ".bz2"):
+        name = name.removesuffix(suffix)
+    for suffix in (".fits", ".fit", ".fts"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name or "frame"
+
+
+def write_residual(frame: Frame, data: np.ndarray, products_dir, note: str = "") -> Path:
+    """Write a stars-subtracted image as ``<stem>_residual.fits`` (every engine alike)."""
+    header = frame.header.copy()
+    if note:
+        header["HISTORY"] = note
+    target = Path(products_dir) / f"{file_stem(frame.path)}_residual.fits"
+    return write_frame(frame.replace(data=data, header=header, mask=None), target)

@@ -95,3 +95,23 @@ class CalibrationResult:
     match_radius_arcsec: float = float("nan")
     method_version: str = ""
     notes: dict[str, Any] = field(default_factory=dict)
+
+
+def pixels_near(flagged: np.ndarray | None, x, y, radius: float) -> np.ndarray:
+    """True for each source (0-based x, y) with a flagged pixel within ``radius`` px."""
+    out = np.zeros(len(x), dtype=bool)
+    if flagged is None or not flagged.any() or len(x) == 0:
+        return out
+    ny, nx = flagged.shape
+    r = int(np.ceil(radius))
+    for i, (xc, yc) in enumerate(zip(x, y)):
+        if not (np.isfinite(xc) and np.isfinite(yc)):
+            continue
+        x0, x1 = max(int(np.rint(xc)) - r, 0), min(int(np.rint(xc)) + r + 1, nx)
+        y0, y1 = max(int(np.rint(yc)) - r, 0), min(int(np.rint(yc)) + r + 1, ny)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        inside = (xx - xc) ** 2 + (yy - yc) ** 2 <= radius ** 2
+        out[i] = bool(flagged[y0:y1, x0:x1][inside].any())
+    return out

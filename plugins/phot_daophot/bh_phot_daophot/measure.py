@@ -23,13 +23,13 @@ from astropy.table import Table
 
 from bhcore.errors import ExternalToolError, PhotometryError
 from bhcore.external import private_workdir
-from bhcore.frame import write_frame
-from bhcore.tables import SourceFlag, SourceTable
+from bhcore.frame import write_residual
+from bhcore.tables import SourceFlag, SourceTable, pixels_near
 
 from . import script as cl
 from .estimate import frame_stats
 from .iraf import run_cl, setup_lines, write_iraf_image
-from .parse import aperture_columns, build_table, count_stars, near_pixels, read_daophot
+from .parse import aperture_columns, build_table, count_stars, read_daophot
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,9 @@ def measure(frame, settings: Mapping[str, Any], *, name: str, version: str) -> S
         table = build_table(als, apertures=apertures, meta=meta, **common)
         products = settings.get("products_dir")
         if products and final_sub.exists():
-            table.meta["residual_image"] = str(_save_residual(frame, final_sub, products))
+            table.meta["residual_image"] = str(write_residual(
+                frame, fits.getdata(final_sub).astype(np.float64), products,
+                "phot_daophot: ALLSTAR-fitted stars subtracted"))
         return _finish(settings, table)
 
 
@@ -162,7 +164,7 @@ def _with_rejects(als: Table, arj: Table, saturated: np.ndarray | None,
     """
     if len(arj) == 0 or saturated is None or not saturated.any():
         return als
-    keep = near_pixels(saturated, np.asarray(arj["XCENTER"], float) - 1.0,
+    keep = pixels_near(saturated, np.asarray(arj["XCENTER"], float) - 1.0,
                        np.asarray(arj["YCENTER"], float) - 1.0, radius)
     keep &= np.asarray([str(e).strip().lower() != "merged" for e in arj["PERROR"]])
     if not keep.any():
@@ -243,24 +245,6 @@ def _psf_star_count(psf_path: Path) -> int | None:
         return int(fits.getheader(psf_path).get("NPSFSTAR"))
     except (OSError, TypeError, ValueError):
         return None
-
-
-def _stem(frame) -> str:
-    if frame.path is None:
-        return "frame"
-    name = Path(frame.path).name
-    for suffix in (".gz", ".fz", ".bz2"):
-        name = name.removesuffix(suffix)
-    for suffix in (".fits", ".fit", ".fts"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or "frame"
-
-
-def _save_residual(frame, sub: Path, products) -> Path:
-    data = fits.getdata(sub).astype(np.float64)
-    out = Path(products) / f"{_stem(frame)}_residual.fits"
-    return write_frame(frame.replace(data=data, mask=None), out)
 
 
 def _finish(settings, table: SourceTable) -> SourceTable:

@@ -21,7 +21,7 @@ from astropy import units as u
 from astropy.table import Table
 from scipy.spatial import cKDTree
 
-from bhcore.tables import SourceFlag, SourceTable
+from bhcore.tables import SourceFlag, SourceTable, pixels_near
 
 LN10_OVER_2P5 = math.log(10.0) / 2.5
 
@@ -159,26 +159,6 @@ def mag_to_flux(mag, merr, zmag: float):
     return flux, flux * np.asarray(merr, dtype=float) * LN10_OVER_2P5
 
 
-def near_pixels(image_flag: np.ndarray | None, x, y, radius: float) -> np.ndarray:
-    """True where a flagged pixel lies within ``radius`` px of (x, y) (0-based)."""
-    out = np.zeros(len(x), dtype=bool)
-    if image_flag is None or not image_flag.any() or len(x) == 0:
-        return out
-    ny, nx = image_flag.shape
-    r = int(np.ceil(radius))
-    for i, (xc, yc) in enumerate(zip(x, y)):
-        if not (np.isfinite(xc) and np.isfinite(yc)):
-            continue
-        x0, x1 = max(int(np.rint(xc)) - r, 0), min(int(np.rint(xc)) + r + 1, nx)
-        y0, y1 = max(int(np.rint(yc)) - r, 0), min(int(np.rint(yc)) + r + 1, ny)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        inside = (xx - xc) ** 2 + (yy - yc) ** 2 <= radius ** 2
-        out[i] = bool(image_flag[y0:y1, x0:x1][inside].any())
-    return out
-
-
 def _aperture_index(table: Table, radius: float) -> int | None:
     """The n of the PHOT column set (RAPERTn, MAGn, ...) whose radius is ``radius``."""
     if not len(table):
@@ -257,8 +237,8 @@ def build_table(als: Table, *, zmag: float, fwhm: float, fitrad: float, psfrad: 
     flags = np.zeros(len(als), dtype=np.int32)
     flags[(pier != 0) | ~np.isfinite(flux)] |= SourceFlag.NOT_CONVERGED
     check = max(fitrad, 1.5)
-    flags[near_pixels(saturated_pixels, x, y, check)] |= SourceFlag.SATURATED
-    flags[near_pixels(bad_pixels, x, y, check)] |= SourceFlag.MASKED_PIXELS
+    flags[pixels_near(saturated_pixels, x, y, check)] |= SourceFlag.SATURATED
+    flags[pixels_near(bad_pixels, x, y, check)] |= SourceFlag.MASKED_PIXELS
     ny, nx = shape
     edge = (x < psfrad) | (y < psfrad) | (x > nx - 1 - psfrad) | (y > ny - 1 - psfrad)
     flags[edge] |= SourceFlag.NEAR_EDGE

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -271,14 +270,9 @@ def _new_sources(det, st: Stars, fwhm):
 
 def write_residual(frame, ctx: Context, model: np.ndarray, products_dir) -> str:
     """Write data - stars (sky kept) as ``<stem>_residual.fits``; returns the path."""
-    from bhcore.frame import write_frame
-    stem = Path(frame.path).stem if getattr(frame, "path", None) else "frame"
-    if stem.endswith(".fits"):
-        stem = stem[:-5]
-    header = frame.header.copy()
-    header["HISTORY"] = "phot_python: PSF-fitted stars subtracted (sky kept)"
-    resid = frame.replace(data=ctx.data - model, header=header)
-    path = write_frame(resid, Path(products_dir) / f"{stem}_residual.fits")
+    from bhcore.frame import write_residual as write_image
+    path = write_image(frame, ctx.data - model, products_dir,
+                       "phot_python: PSF-fitted stars subtracted (sky kept)")
     return str(path)
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from astropy.io import fits
 
 from bhcore.errors import BhError, PhotometryError
 from bhcore.external import private_workdir
-from bhcore.frame import write_frame
+from bhcore.frame import file_stem, write_residual
 from bhcore.tables import SourceTable
 
 from . import config as cfg
@@ -119,7 +120,9 @@ def measure(frame, settings: Mapping[str, Any], *, name: str, version: str) -> S
                             extra_params=extra, bad=bad_or_none,
                             mask_radius=_mask_radius(fwhm), wcs=frame.wcs, meta=meta)
         if residual is not None and residual.exists():
-            table.meta["residual_image"] = str(_save_residual(frame, residual, products))
+            table.meta["residual_image"] = str(write_residual(
+                frame, fits.getdata(residual).astype(np.float64), products,
+                "phot_sex: PSF-fitted stars subtracted (SExtractor check image)"))
         return _finish(table, frame, settings)
 
 
@@ -213,32 +216,13 @@ def _mask_radius(fwhm: float) -> float:
     return max(2.0 * float(fwhm), 3.0)
 
 
-def _stem(frame) -> str:
-    if frame.path is None:
-        return "frame"
-    name = Path(frame.path).name
-    for suffix in (".gz", ".fz", ".bz2"):
-        name = name.removesuffix(suffix)
-    for suffix in (".fits", ".fit", ".fts"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or "frame"
-
-
-def _save_residual(frame, residual: Path, products) -> Path:
-    from astropy.io import fits
-    data = fits.getdata(residual).astype(np.float64)
-    out = Path(products) / f"{_stem(frame)}_residual.fits"
-    return write_frame(frame.replace(data=data, mask=None), out)
-
-
 def _finish(table: SourceTable, frame, settings) -> SourceTable:
     table.meta["n_sources"] = len(table)
     products = settings.get("products_dir")
     if products and settings.get("write_bhtom_catalog") and frame.wcs is not None:
         from .bhtom import write_bhtom_catalog
         try:
-            out = write_bhtom_catalog(frame, Path(products) / f"{_stem(frame)}.cat",
+            out = write_bhtom_catalog(frame, Path(products) / f"{file_stem(frame.path)}.cat",
                                       settings=settings)
             table.meta["bhtom_catalog"] = str(out)
         except BhError as exc:

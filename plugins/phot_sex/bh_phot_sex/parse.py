@@ -23,7 +23,7 @@ import numpy as np
 from astropy import units as u
 from astropy.table import Table
 
-from bhcore.tables import SourceFlag, SourceTable
+from bhcore.tables import SourceFlag, SourceTable, pixels_near
 
 from .config import aperture_label, param_base
 
@@ -60,27 +60,6 @@ def map_flags(raw: np.ndarray) -> np.ndarray:
     return flags
 
 
-def masked_near(bad: np.ndarray | None, x: np.ndarray, y: np.ndarray,
-                radius: float) -> np.ndarray:
-    """True where a bad pixel lies within ``radius`` px of (x, y) (0-based)."""
-    out = np.zeros(len(x), dtype=bool)
-    if bad is None or not bad.any() or len(x) == 0:
-        return out
-    ny, nx = bad.shape
-    r = int(np.ceil(radius))
-    for i, (xc, yc) in enumerate(zip(x, y)):
-        if not (np.isfinite(xc) and np.isfinite(yc)):
-            continue
-        x0, x1 = max(int(np.rint(xc)) - r, 0), min(int(np.rint(xc)) + r + 1, nx)
-        y0, y1 = max(int(np.rint(yc)) - r, 0), min(int(np.rint(yc)) + r + 1, ny)
-        if x0 >= x1 or y0 >= y1:
-            continue
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        near = (xx - xc) ** 2 + (yy - yc) ** 2 <= radius ** 2
-        out[i] = bool(bad[y0:y1, x0:x1][near].any())
-    return out
-
-
 def build_table(cat: Table, *, radii: list[float], psf: bool,
                 extra_params: list[str], bad: np.ndarray | None, mask_radius: float,
                 wcs=None, meta: dict | None = None) -> SourceTable:
@@ -111,7 +90,7 @@ def build_table(cat: Table, *, radii: list[float], psf: bool,
         mag_err = np.where(np.isfinite(mag), _col(cat, "MAGERR_AUTO", n), np.nan)
     if "IMAFLAGS_ISO" in cat.colnames:
         flags[np.asarray(cat["IMAFLAGS_ISO"]) != 0] |= SourceFlag.MASKED_PIXELS
-    flags[masked_near(bad, x, y, mask_radius)] |= SourceFlag.MASKED_PIXELS
+    flags[pixels_near(bad, x, y, mask_radius)] |= SourceFlag.MASKED_PIXELS
 
     columns: dict[str, object] = {"mag": mag, "mag_err": mag_err}
     if wcs is not None and n:
