@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_phot_python.py", "bench_engines.py", "bench_night.py")
+BENCHMARKS = ("bench_phot_python.py", "bench_engines.py", "bench_astrometry.py", "bench_night.py")
 
 
 def main() -> int:
