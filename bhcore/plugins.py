@@ -10,10 +10,10 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable
 
 import pluggy
-from pydantic import BaseModel
+from pydantic import AfterValidator, BaseModel
 
 from . import hookspecs
 from .errors import BackendAmbiguous, BackendNotFound, PluginError
@@ -25,6 +25,18 @@ FIRST_RESULT_HOOKS = {
     "photometry": "bh_measure_photometry",
     "calibration": "bh_calibrate_photometry",
 }
+
+
+def _positive_radii(value: list[float]) -> list[float]:
+    if not value:
+        raise ValueError("at least one aperture radius is needed")
+    if any(r <= 0 for r in value):
+        raise ValueError("aperture radii must be positive (pixels)")
+    return [float(r) for r in value]
+
+
+# A settings field type that photometry plugins share: aperture radii in pixels.
+ApertureRadii = Annotated[list[float], AfterValidator(_positive_radii)]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bhcore.plugins import ApertureRadii
+
 FUNCTIONS = ("auto", "gauss", "moffat15", "moffat25", "lorentz", "penny1", "penny2")
 
 
@@ -36,7 +38,7 @@ class Settings(BaseModel):
     sharphi: float = Field(1.0, description="findpars.sharphi")
     roundlo: float = Field(-1.0, description="findpars.roundlo")
     roundhi: float = Field(1.0, description="findpars.roundhi")
-    aperture_radii: list[float] = Field(
+    aperture_radii: ApertureRadii = Field(
         [3.0, 5.0, 8.0], description="photpars aperture RADII in pixels (columns "
         "mag_aper_<r>, e.g. mag_aper_4p5)")
     psf_norm_radius_fwhm: float = Field(
@@ -78,15 +80,6 @@ class Settings(BaseModel):
         "run ALLSTAR again (dense fields)")
     zmag: float = Field(25.0, description="photpars.zmag; flux = 10**(-0.4 (mag - zmag))")
     timeout: float = Field(900.0, gt=0, description="seconds allowed for each irafcl run")
-
-    @field_validator("aperture_radii")
-    @classmethod
-    def _radii_positive(cls, value: list[float]) -> list[float]:
-        if not value:
-            raise ValueError("at least one aperture radius is needed")
-        if any(r <= 0 for r in value):
-            raise ValueError("aperture radii must be positive (pixels)")
-        return [float(r) for r in value]
 
     @field_validator("function")
     @classmethod

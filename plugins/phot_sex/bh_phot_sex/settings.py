@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bhcore.plugins import ApertureRadii
+
 
 class Settings(BaseModel):
     """Settings accepted by ``phot_sex`` (defaults shown by ``bhcore plugins list``)."""
@@ -21,7 +23,7 @@ class Settings(BaseModel):
     mode: Literal["psf", "aperture"] = Field(
         "psf", description="'psf': SExtractor -> PSFEx -> SExtractor with PSF fitting; "
         "flux = FLUX_PSF. 'aperture': one SExtractor pass; flux = FLUX_AUTO.")
-    aperture_radii: list[float] = Field(
+    aperture_radii: ApertureRadii = Field(
         [3.0, 5.0, 8.0], description="circular aperture RADII in pixels (SExtractor's "
         "PHOT_APERTURES takes diameters: the plugin doubles these). Columns "
         "mag_aper_<r>, e.g. mag_aper_4p5 for r = 4.5 px.")
@@ -74,15 +76,6 @@ class Settings(BaseModel):
         False, description="also write '<stem>.cat' (BHTOM ASCII_HEAD catalogue) into "
         "products_dir when the frame has a WCS")
     timeout: float = Field(600.0, gt=0, description="seconds allowed for each engine run")
-
-    @field_validator("aperture_radii")
-    @classmethod
-    def _radii_positive(cls, value: list[float]) -> list[float]:
-        if not value:
-            raise ValueError("at least one aperture radius is needed")
-        if any(r <= 0 for r in value):
-            raise ValueError("aperture radii must be positive (pixels)")
-        return [float(r) for r in value]
 
     @field_validator("psf_size")
     @classmethod
