@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from sqlalchemy import (Column, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Table, Text, create_engine, event, func, inspect, text)
+                        Table, Text, func, inspect, text)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, delete, select
 
 import bhcore
+from bhcore.dbengine import open_engine
 from bhcore.errors import BhError, RegistryError, UnknownObservatory
 from bhcore.registry.models import Camera, CameraBackend, Observatory, SchemaMigration
 from bhcore.registry.obsinfo import ObsInfo, parse_obsinfo, read_obsinfo, settings_from_obsinfo
@@ -62,29 +62,11 @@ def _safe(url: str) -> str:
 def make_engine(url: str) -> Engine:
     """An engine for any SQLAlchemy URL; in-memory SQLite keeps one shared connection."""
     try:
-        parsed = make_url(url)
-        kwargs: dict = {}
-        sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite:
-            database = parsed.database
-            if not database or database == ":memory:":
-                kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-            else:
-                Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, **kwargs)
+        return open_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise RegistryError(f"bad registry URL {_safe(url)}: {exc}") from None
     except OSError as exc:
         raise RegistryError(f"cannot create the registry folder for {_safe(url)}: {exc}") from None
-    if sqlite:
-        event.listen(engine, "connect", _sqlite_foreign_keys)
-    return engine
-
-
-def _sqlite_foreign_keys(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 # --- migrations --------------------------------------------------------------------------

@@ -16,12 +16,12 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 from astropy.table import Table
-from sqlalchemy import bindparam, create_engine, delete, event, insert, update
+from sqlalchemy import bindparam, delete, insert, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, select
 
+from ..dbengine import open_engine
 from ..errors import ConfigError
 from .models import (CalibrationRow, FrameRow, MeasurementRow, ProductRow, ResultsBase,
                      ResultsMigration, SourceRow)
@@ -48,27 +48,9 @@ def results_url(spec) -> str:
 
 def make_engine(url: str) -> Engine:
     try:
-        parsed = make_url(url)
-        kwargs: dict = {}
-        sqlite = parsed.get_backend_name() == "sqlite"
-        if sqlite:
-            if not parsed.database or parsed.database == ":memory:":
-                kwargs.update(poolclass=StaticPool, connect_args={"check_same_thread": False})
-            else:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-                kwargs.update(connect_args={"timeout": 60})
-        engine = create_engine(parsed, **kwargs)
+        return open_engine(url)
     except (ArgumentError, NoSuchModuleError, ValueError, OSError) as exc:
         raise ResultsError(f"cannot open results database {url!r}: {exc}") from None
-    if sqlite:
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
 
 
 MIGRATIONS = [("r001_create_tables", lambda conn: ResultsBase.metadata.create_all(conn))]
