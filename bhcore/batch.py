@@ -165,8 +165,9 @@ def run_one(path, obs, out_dir, *, photometry_backend=None, overrides=None,
         products = process_frame(path, obs, out_dir, photometry_backend=photometry_backend,
                                  overrides=overrides, summary=summary)
         result.products = {k: Path(v).name for k, v in products.items()}
-    except BhError as exc:
-        result.status, result.reason = "failed", one_line(str(exc))
+    except BhError as exc:              # every reason names the frame it is about
+        text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        result.status, result.reason = "failed", one_line(text)
     except Exception as exc:    # a bug: reported with its traceback, the batch goes on
         result.status = "failed"
         result.reason = one_line(f"{path}: internal error ({type(exc).__name__}: {exc})")

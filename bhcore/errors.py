@@ -130,12 +130,22 @@ class ExternalToolError(BhError):
 
     def __str__(self) -> str:
         text = super().__str__()
-        if self.returncode is not None:
+        if self.returncode is not None and self.returncode < 0:    # killed, e.g. a crash
+            text += f" (killed by {_signal_name(-self.returncode)})"
+        elif self.returncode is not None:
             text += f" (exit code {self.returncode})"
         if self.stderr_tail:
             last = self.stderr_tail.strip().splitlines()[-1:] or [""]
             text += f": {last[0]}"
         return text
+
+
+def _signal_name(number: int) -> str:
+    import signal
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 class MissingEngine(ExternalToolError):

@@ -43,8 +43,8 @@ def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None
     and a manifest (``<stem>.manifest.json``) written last, atomically, says the
     frame is complete. A stage whose backend is not installed or not implemented
     yet is skipped with a note; an unsolved astrometry skips the later stages and
-    is raised (after the manifest of what was done); any other failure is raised
-    as a one-line ``BhError``.
+    is raised (after the manifest of what was done), and so is a failing photometry
+    engine; any other failure is raised as a one-line ``BhError``.
     """
     summary = summary if summary is not None else RunSummary()
     stem = safe_stem(path)
@@ -52,10 +52,14 @@ def process_frame(path, obs, out_dir, *, photometry_backend=None, overrides=None
     frame, products, notes, failure = header_and_astrometry(path, obs, folder, stem,
                                                             overrides)
     if not failure:
-        made, more = photometry_and_calibration(frame, obs, folder, stem, overrides,
-                                                photometry_backend)
-        products.update(made)
-        notes.extend(more)
+        try:
+            made, more = photometry_and_calibration(frame, obs, folder, stem, overrides,
+                                                    photometry_backend)
+            products.update(made)
+            notes.extend(more)
+        except BhError as exc:          # the earlier stages' products stay and are listed
+            failure = exc
+            notes.append(f"photometry failed: {exc}; later stages skipped")
     summary.stage_notes.extend(f"{stem}: {text}" for text in notes)
     if failure:
         write_manifest(folder, stem, path, products, notes, status="failed")
