@@ -3,12 +3,18 @@
 SQLite gets what it needs to be shared safely: foreign keys on, a busy timeout so
 parallel workers wait instead of failing, and one shared connection for in-memory
 databases (used by tests). Callers wrap the errors in their own ``BhError``.
+``exclusive`` serialises first-use work (migrations, seeding) between processes
+that open a brand-new database at the same moment, as parallel workers do.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import zlib
 from pathlib import Path
+from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
@@ -36,3 +42,35 @@ def _sqlite_foreign_keys(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+@contextlib.contextmanager
+def exclusive(engine: Engine, name: str = "migrate") -> Iterator[None]:
+    """Hold a lock named ``name`` on this database across processes while inside.
+
+    SQLite files: an ``flock`` on a ``.lock`` file beside the database (SQLite's own
+    locks do not cover a check-then-create sequence); PostgreSQL: an advisory lock;
+    in-memory or other databases: nothing to share, no lock.
+    """
+    url = engine.url
+    backend = url.get_backend_name()
+    if backend == "sqlite" and url.database and url.database != ":memory:":
+        lock_path = Path(url.database).expanduser().with_name(
+            Path(url.database).name + f".{name}.lock")
+        with open(lock_path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif backend == "postgresql":
+        key = zlib.crc32(f"bhcore:{name}".encode())
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
+    else:
+        yield

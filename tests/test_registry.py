@@ -342,3 +342,20 @@ def test_builtin_sync_adds_new_and_follows_edited_files_but_keeps_user_entries(
     feder.write_text(feder.read_text() + "# a note\n")
     assert registry.ensure_builtin(builtin) == []
     assert registry.get("Feder0.4_AspenCG16").saturation == 50000
+
+
+def _open_and_fill(url: str):
+    from bhcore.registry import Registry
+    registry = Registry(url)
+    registry.ensure_builtin()
+    return registry.count()
+
+
+def test_processes_opening_a_new_registry_at_once_all_succeed(tmp_path):
+    """Parallel workers may be the first users of a registry: no migration race."""
+    from concurrent.futures import ProcessPoolExecutor
+    for k in range(3):
+        url = f"sqlite:///{tmp_path}/first-use-{k}.db"
+        with ProcessPoolExecutor(4) as pool:
+            counts = list(pool.map(_open_and_fill, [url] * 4))
+        assert len(set(counts)) == 1 and counts[0] >= 70, counts

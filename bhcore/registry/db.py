@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session, delete, select
 
 import bhcore
-from bhcore.dbengine import open_engine
+from bhcore.dbengine import exclusive, open_engine
 from bhcore.errors import BhError, RegistryError, UnknownObservatory
 from bhcore.registry.models import Camera, CameraBackend, Observatory, SchemaMigration
 from bhcore.registry.obsinfo import ObsInfo, parse_obsinfo, read_obsinfo, settings_from_obsinfo
@@ -192,7 +192,8 @@ class Registry:
         self.url = url or default_url()
         self.engine = make_engine(self.url)
         try:
-            migrate(self.engine)
+            with exclusive(self.engine):
+                migrate(self.engine)
         except SQLAlchemyError as exc:
             raise RegistryError(f"cannot open the registry {_safe(self.url)}: "
                                 f"{str(exc).splitlines()[0]}") from None
@@ -294,6 +295,10 @@ class Registry:
         if not folder.is_dir():
             log.warning("registry: built-in folder %s is absent; registry stays empty", folder)
             return []
+        with exclusive(self.engine, "seed"):        # two first uses must not both seed
+            return self._ensure_builtin(folder)
+
+    def _ensure_builtin(self, folder: Path) -> list[str]:
         if not self.count():
             return self.import_dir(folder, strict=False)
         with Session(self.engine) as session:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session, select
 
-from ..dbengine import open_engine
+from ..dbengine import exclusive, open_engine
 from ..errors import ConfigError
 from .models import (CalibrationRow, FrameRow, MeasurementRow, ProductRow, ResultsBase,
                      ResultsMigration, SourceRow)
@@ -80,7 +80,8 @@ class ResultsDB:
                        and parsed.database and parsed.database != ":memory:" else None)
         for attempt in range(5):      # worker processes may create the file together
             try:
-                self._migrate()
+                with exclusive(self.engine):
+                    self._migrate()
                 break
             except SQLAlchemyError as exc:
                 if attempt == 4:
