@@ -9,21 +9,32 @@ The token is a secret: it is read from ``BHTOM_TOKEN`` or from the config file
 (which must be private, mode 0600), kept in a ``Secret`` whose ``repr``/``str``
 hide it, sent only in the ``Authorization`` header, and never logged, printed or
 written into results. Failures carry the server's reason (the response body).
+
+Telescope sites sit behind slow or flaky links and the service is sometimes busy,
+so timeouts, connection errors and HTTP 5xx are retried with capped exponential
+backoff (and a little jitter, so many sites do not retry in step), honouring
+``Retry-After``. A 4xx is the server's final word and is not retried. A file counts
+as sent only on HTTP 201, the contract's success: anything else may mean it was
+not stored.
 """
 from __future__ import annotations
 
+import email.utils
+import http.client
 import json
 import logging
 import mimetypes
 import os
+import random
 import shutil
 import stat
+import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import BhError, ConfigError
 
@@ -33,7 +44,9 @@ DEFAULT_UPLOAD_URL = "https://uploadsvc2.astrolabs.pl"     # BHTOM2 upload servi
 DEFAULT_API_URL = "https://bh-tom2.astrolabs.pl"           # BHTOM2 web host and API
 ENV_TOKEN, ENV_UPLOAD, ENV_API = "BHTOM_TOKEN", "BHTOM_UPLOAD_URL", "BHTOM_API_URL"
 PRODUCT_TYPES = ("fits_file", "photometry", "photometry_csv", "spectroscopy")
-OK_STATUS = (201, 200)
+SENT_STATUS = 201          # the only answer that means "stored" (older scripts took 200)
+API_OK_STATUS = (200, 201)  # plain API calls (calibration results) answer 200
+JITTER = 0.1               # up to +10 % on each backoff delay
 
 
 class BhtomError(BhError):
@@ -71,11 +84,15 @@ class BhtomConfig:
     api_url: str = DEFAULT_API_URL
     token: Secret | None = None
     timeout_s: float = 120.0
+    attempts: int = 4             # requests per file, the first one included
+    backoff_s: float = 2.0        # first retry delay; doubles on each retry
+    backoff_max_s: float = 60.0   # cap on one delay, Retry-After included
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None
              ) -> "BhtomConfig":
-        """File (``{"upload_url", "api_url", "token", "timeout_s"}``), then environment."""
+        """File (``{"upload_url", "api_url", "token", "timeout_s", "attempts",
+        "backoff_s", "backoff_max_s"}``), then environment."""
         env = os.environ if env is None else env
         path = Path(path) if path is not None else config_path()
         data: dict[str, Any] = {}
@@ -92,10 +109,20 @@ class BhtomConfig:
                 if mode & 0o077:
                     raise ConfigError(f"holds a BHTOM token but is readable by others (mode "
                                       f"{mode:o}); run: chmod 600 {path}", path=path)
-        config = cls(upload_url=str(data.get("upload_url", DEFAULT_UPLOAD_URL)),
-                     api_url=str(data.get("api_url", DEFAULT_API_URL)),
-                     token=Secret(data["token"]) if data.get("token") else None,
-                     timeout_s=float(data.get("timeout_s", 120.0)))
+        try:
+            config = cls(upload_url=str(data.get("upload_url", DEFAULT_UPLOAD_URL)),
+                         api_url=str(data.get("api_url", DEFAULT_API_URL)),
+                         token=Secret(data["token"]) if data.get("token") else None,
+                         timeout_s=float(data.get("timeout_s", 120.0)),
+                         attempts=int(data.get("attempts", 4)),
+                         backoff_s=float(data.get("backoff_s", 2.0)),
+                         backoff_max_s=float(data.get("backoff_max_s", 60.0)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad value in BHTOM config: {exc}", path=path) from None
+        if config.attempts < 1 or min(config.timeout_s, config.backoff_s,
+                                      config.backoff_max_s) < 0:
+            raise ConfigError("BHTOM config needs attempts >= 1 and non-negative "
+                              "timeout_s, backoff_s, backoff_max_s", path=path)
         if env.get(ENV_UPLOAD):
             config.upload_url = env[ENV_UPLOAD]
         if env.get(ENV_API):
@@ -131,6 +158,7 @@ class UploadResult:
     body: Any = None
     moved_to: Path | None = None
     fields: dict = field(default_factory=dict)
+    attempts: int = 0             # requests made for this file (0: none was made)
 
 
 def product_type(path: Path) -> str:
@@ -161,6 +189,20 @@ def encode_multipart(fields: Mapping[str, str], file_field: str, path: Path
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def _retry_after(value: str | None) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
 def _reason(body: bytes, status: int | None) -> tuple[str, Any]:
     text = body.decode("utf-8", "replace").strip()
     try:
@@ -177,34 +219,81 @@ def _reason(body: bytes, status: int | None) -> tuple[str, Any]:
 
 
 class BhtomClient:
-    """Talks to the BHTOM upload service and API with a token."""
+    """Talks to the BHTOM upload service and API with a token.
 
-    def __init__(self, config: BhtomConfig | None = None):
+    ``sleep`` waits between attempts; tests pass a recorder so they do not wait.
+    """
+
+    def __init__(self, config: BhtomConfig | None = None,
+                 sleep: Callable[[float], None] = time.sleep):
         self.config = config or BhtomConfig.load()
+        self.sleep = sleep
 
-    def _request(self, url: str, body: bytes, content_type: str, auth: bool = True):
+    def require_token(self) -> None:
+        """Fail with one clear message before any request when there is no token."""
+        if not self.config.token:
+            raise BhtomError(f"no BHTOM token: set {ENV_TOKEN} or store one in "
+                             f"{config_path()} (mode 0600)")
+
+    def backoff_delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed ``attempt`` (1-based): doubling, jittered, capped;
+        at least what the server asked for in ``Retry-After`` (up to the cap)."""
+        delay = self.config.backoff_s * 2 ** (attempt - 1) * (1 + random.uniform(0, JITTER))
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        return min(delay, self.config.backoff_max_s)
+
+    def _request(self, url: str, body: bytes, headers: Mapping[str, str]
+                 ) -> tuple[int, bytes, float | None]:
+        """One POST: (status, body, Retry-After seconds); OSError when there is no answer."""
+        request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
+                return resp.status, resp.read(), None
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), _retry_after(exc.headers.get("Retry-After"))
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            raise reason if isinstance(reason, OSError) else OSError(str(reason)) from None
+
+    def _call(self, url: str, body: bytes, content_type: str, auth: bool = True
+              ) -> tuple[int | None, bytes, int, str]:
+        """POST with retries: (status or None when never answered, body, attempts,
+        why the last attempt failed). Only timeouts, connection errors and 5xx retry."""
         headers = {"Content-Type": content_type, "Accept": "application/json",
                    "User-Agent": "bhcore-bhtom-client"}
         if auth:
-            if not self.config.token:
-                raise BhtomError(f"no BHTOM token: set {ENV_TOKEN} or store one in "
-                                 f"{config_path()} (mode 0600)")
+            self.require_token()
             headers["Authorization"] = f"Token {self.config.token.reveal()}"
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.config.timeout_s) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise BhtomError(f"cannot reach {url.split('?')[0]}: {reason}") from None
+        where = url.split("?")[0]
+        attempts = max(1, int(self.config.attempts))
+        for attempt in range(1, attempts + 1):
+            try:
+                status, raw, retry_after = self._request(url, body, headers)
+            except (OSError, http.client.HTTPException) as exc:   # timeout, refused, reset
+                status, raw, retry_after = None, b"", None
+                why = (f"no answer from {where}: "
+                       f"{getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__}")
+            else:
+                if auth:                                  # a server may echo the token
+                    raw = raw.replace(self.config.token.reveal().encode(), b"***")
+                if status < 500:
+                    return status, raw, attempt, ""
+                why = f"HTTP {status}: {_reason(raw, status)[0]}"
+            if attempt < attempts:
+                delay = self.backoff_delay(attempt, retry_after)
+                log.warning("%s (attempt %d of %d); retrying in %.1f s", why, attempt,
+                            attempts, delay)
+                self.sleep(delay)
+        return status, raw, attempts, f"{why} (gave up after {attempts} attempts)"
 
     def authenticate(self, username: str, password: str) -> Secret:
         """``POST /api/token-auth/``; the token is kept in this client and returned."""
         url = self.config.api_url.rstrip("/") + "/api/token-auth/"
         body = json.dumps({"username": username, "password": password}).encode()
-        status, raw = self._request(url, body, "application/json", auth=False)
+        status, raw, _, why = self._call(url, body, "application/json", auth=False)
+        if status is None:
+            raise BhtomError(f"BHTOM authentication failed: {why}")
         reason, parsed = _reason(raw, status)
         if status != 200 or not isinstance(parsed, dict) or not parsed.get("token"):
             raise BhtomError(f"BHTOM authentication failed (HTTP {status}): {reason}")
@@ -218,7 +307,11 @@ class BhtomClient:
                match_dist: float | None = None, comment: str | None = None,
                priority: int | None = None, no_plot: bool | None = None,
                file_field: str = "files") -> UploadResult:
-        """Upload one file (``POST /upload/``); 201 (or 200) is success."""
+        """Upload one file (``POST /upload/``); only HTTP 201 counts as sent.
+
+        A file the server cannot take (wrong type, no MJD) raises ``BhtomError``;
+        a refusal or an exhausted retry is a failed result with the reason."""
+        self.require_token()
         path = Path(path)
         if not path.is_file():
             raise BhtomError(f"{path} is not a file")
@@ -238,32 +331,49 @@ class BhtomClient:
         body, ctype = encode_multipart(fields, file_field, path)
         url = self.config.upload_url.rstrip("/") + "/upload/"
         log.info("uploading %s (%s, target %s, dry run %s)", path.name, kind, target, dry_run)
-        status, raw = self._request(url, body, ctype)
+        status, raw, attempts, why = self._call(url, body, ctype)
         reason, parsed = _reason(raw, status)
-        reason = reason.replace(self.config.token.reveal(), "***")   # a server echoing it
-        ok = status in OK_STATUS
+        ok = status == SENT_STATUS
+        if status is None or status >= 500:
+            reason = why
+        elif not ok and status < 300:
+            reason = f"HTTP {status}, not {SENT_STATUS}: not counted as sent ({reason})"
         if not ok:
             log.warning("upload of %s failed (HTTP %s): %s", path.name, status, reason)
         return UploadResult(path=path, ok=ok, status=status, reason="" if ok else reason,
-                            body=parsed, fields=fields)
+                            body=parsed, fields=fields, attempts=attempts)
 
-    def upload_many(self, paths: Iterable, *, move: bool = False, **kwargs
+    def upload_many(self, paths: Iterable, *, move: bool = False,
+                    mjd: float | Callable[[Path], float | None] | None = None,
+                    on_result: Callable[[UploadResult], None] | None = None, **kwargs
                     ) -> list[UploadResult]:
-        """Upload files one by one; with ``move``, sent files go to ``success/`` and
-        failed ones to ``error/`` beside them (the old scripts' convention)."""
-        results = []
-        for path in paths:
-            try:
-                result = self.upload(path, **kwargs)
-            except BhtomError as exc:
-                if "cannot reach" in str(exc) or "no BHTOM token" in str(exc):
-                    raise
-                result = UploadResult(path=Path(path), ok=False, status=None, reason=str(exc))
-            if move and result.path.is_file():
-                folder = result.path.parent / ("success" if result.ok else "error")
-                folder.mkdir(exist_ok=True)
-                result.moved_to = Path(shutil.move(str(result.path), folder / result.path.name))
+        """Upload files one by one and return one result per file (the summary).
+
+        ``mjd`` may be a function of the path (each frame's own MJD). With ``move``,
+        answered files go to ``success/`` or ``error/`` beside them (the old scripts'
+        convention). When BHTOM never answers a file, the rest are not tried (and
+        not moved): retrying each against a dead link would only multiply the wait."""
+        self.require_token()
+        results: list[UploadResult] = []
+        gave_up = ""
+        for path in map(Path, paths):
+            if gave_up:
+                result = UploadResult(path=path, ok=False, status=None, reason=gave_up)
+            else:
+                try:
+                    result = self.upload(path, mjd=mjd(path) if callable(mjd) else mjd,
+                                         **kwargs)
+                except BhtomError as exc:                 # unusable file: nothing sent
+                    result = UploadResult(path=path, ok=False, status=None, reason=str(exc))
+                if result.status is None and result.attempts:
+                    gave_up = f"not tried: BHTOM did not answer for {path.name}"
+                elif move and path.is_file():
+                    folder = path.parent / ("success" if result.ok else "error")
+                    folder.mkdir(exist_ok=True)
+                    result.moved_to = Path(shutil.move(str(path), folder / path.name))
             results.append(result)
+            if on_result:
+                on_result(result)
         return results
 
     def calibration_results(self, filenames: list[str] | None = None,
@@ -271,8 +381,11 @@ class BhtomClient:
         """``POST /calibration/get-calibration-res/`` for uploaded files or calibration ids."""
         payload = {"filename": filenames} if filenames else {"calibid": calib_ids or []}
         url = self.config.api_url.rstrip("/") + "/calibration/get-calibration-res/"
-        status, raw = self._request(url, json.dumps(payload).encode(), "application/json")
+        status, raw, _, why = self._call(url, json.dumps(payload).encode(),
+                                         "application/json")
+        if status is None:
+            raise BhtomError(f"calibration results request failed: {why}")
         reason, parsed = _reason(raw, status)
-        if status not in OK_STATUS:
+        if status not in API_OK_STATUS:
             raise BhtomError(f"calibration results request failed (HTTP {status}): {reason}")
         return parsed

@@ -1,7 +1,9 @@
 """The BHTOM upload client against a local HTTP server that implements the contract:
 token authentication, one multipart file per request (field ``files``), form fields,
-201/200 success, failures with the body's reason, success/ and error/ folders, and
-a token that never appears in logs or output.
+201 as the only success, failures with the body's reason, retries with backoff on
+timeouts, connection errors and 5xx (never on 4xx), success/ and error/ folders, and
+a token that never appears in logs or output. The server can be told per test what
+to answer (``plan``); the client's sleep is a recorder, so no test really waits.
 """
 from __future__ import annotations
 
@@ -45,23 +47,36 @@ def no_network(monkeypatch):
 
 
 class FakeBhtom:
-    """The upload service and the token endpoint on 127.0.0.1, recording requests."""
+    """The upload service and the token endpoint on 127.0.0.1, recording requests.
+
+    ``plan`` holds what to do with the next uploads, one entry per request: a status
+    (answered with a planned reason), or a dict with ``status``, ``body``,
+    ``headers`` and/or ``delay`` (seconds to sit on the request first; a delay
+    alone then answers normally). With the plan empty the contract is followed.
+    """
 
     def __init__(self, status_ok: int = 201):
         self.requests: list[dict] = []
+        self.plan: list = []
+        self.release = threading.Event()       # ends delayed answers at shutdown
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):      # keep the test output clean
                 pass
 
-            def _send(self, status, payload):
+            def _send(self, status, payload, headers=None):
                 body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    for name, value in (headers or {}).items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:                # the client gave up waiting
+                    pass
 
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -88,6 +103,13 @@ class FakeBhtom:
                     else:
                         fields[name] = part.get_content()
                 record.update(fields=fields, files=files)
+                step = owner.plan.pop(0) if owner.plan else {}
+                step = {"status": step} if isinstance(step, int) else step
+                if step.get("delay"):
+                    owner.release.wait(step["delay"])
+                if step.get("status"):
+                    return self._send(step["status"], step.get("body", {
+                        "detail": f"planned {step['status']}"}), step.get("headers"))
                 if len(files) != 1 or "files" not in files:
                     return self._send(400, {"detail": "exactly one file in field 'files'"})
                 if fields.get("target") != "Gaia24abc":
@@ -101,13 +123,15 @@ class FakeBhtom:
         self.status_ok = status_ok
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
+                                       kwargs={"poll_interval": 0.05})  # quick shutdown
 
     def __enter__(self):
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -118,9 +142,12 @@ def server():
         yield srv
 
 
-def client_for(server, token=TOKEN):
-    return BhtomClient(BhtomConfig(upload_url=server.url, api_url=server.url,
-                                   token=Secret(token) if token else None, timeout_s=10))
+def client_for(server, token=TOKEN, sleep=None, **settings):
+    """A client of ``server``; ``sleep`` records delays instead of waiting."""
+    config = BhtomConfig(upload_url=server.url, api_url=server.url,
+                         token=Secret(token) if token else None,
+                         **{"timeout_s": 10, **settings})
+    return BhtomClient(config, sleep=sleep or (lambda s: None))
 
 
 @pytest.fixture
@@ -143,6 +170,7 @@ def test_authenticate_and_upload_multipart(server, files, caplog, capsys):
                            filter="GaiaSP/V", dry_run=True, observer="ann", match_dist=2.5,
                            comment="test")
     assert result.ok and result.status == 201 and result.reason == ""
+    assert result.attempts == 1 and len(server.requests) == 2     # token + upload
     sent = server.requests[-1]
     assert sent["auth"] == f"Token {TOKEN}"
     assert sent["content_type"].startswith("multipart/form-data; boundary=")
@@ -172,17 +200,116 @@ def test_failures_carry_the_reason(server, files):
         client_for(server, None).authenticate("ann", "nope")
     with pytest.raises(BhtomError, match="needs the frame's MJD"):
         client.upload(cat, target="Gaia24abc", observatory="X")
-    with pytest.raises(BhtomError, match="no BHTOM token"):
-        client_for(server, None).upload(csv, target="Gaia24abc", observatory="X")
-    with pytest.raises(BhtomError, match="cannot reach"):
-        BhtomClient(BhtomConfig(upload_url="http://127.0.0.1:9", token=Secret(TOKEN),
-                                timeout_s=2)).upload(csv, target="Gaia24abc", observatory="X")
+    waits = []
+    refused = BhtomClient(BhtomConfig(upload_url="http://127.0.0.1:9", token=Secret(TOKEN),
+                                      timeout_s=2, attempts=2), sleep=waits.append)
+    result = refused.upload(csv, target="Gaia24abc", observatory="X")
+    assert not result.ok and result.status is None and result.attempts == 2
+    assert "no answer from http://127.0.0.1:9/upload/" in result.reason
+    assert "gave up after 2 attempts" in result.reason and len(waits) == 1
 
 
-def test_status_200_is_accepted(files):
+def test_missing_token_fails_once_before_any_request(server, files, tmp_path):
+    csv, _ = files
+    client = client_for(server, None)
+    for call in (lambda: client.upload(csv, target="Gaia24abc", observatory="X"),
+                 lambda: client.upload_many([csv], move=True, target="Gaia24abc",
+                                            observatory="X")):
+        with pytest.raises(BhtomError, match="no BHTOM token: set BHTOM_TOKEN"):
+            call()
+    assert server.requests == [] and csv.is_file()            # nothing sent, nothing moved
+
+
+def test_status_200_is_not_counted_as_sent(files):
     with FakeBhtom(status_ok=200) as srv:
-        result = client_for(srv).upload(files[0], target="Gaia24abc", observatory="X")
-        assert result.ok and result.status == 200
+        [result] = client_for(srv).upload_many([files[0]], move=True, target="Gaia24abc",
+                                               observatory="X")
+        assert not result.ok and result.status == 200 and result.attempts == 1
+        assert "HTTP 200, not 201" in result.reason and "(ok)" in result.reason  # the body
+        assert result.moved_to == files[0].parent / "error" / "lc.csv"
+        assert len(srv.requests) == 1                          # a 200 is not retried
+
+
+def test_4xx_is_final_and_carries_the_message(server, files):
+    waits = []
+    server.plan = [{"status": 422, "body": {"detail": "Observatory X has no camera"}}]
+    result = client_for(server, sleep=waits.append).upload(files[0], target="Gaia24abc",
+                                                           observatory="X")
+    assert not result.ok and result.status == 422 and result.attempts == 1
+    assert result.reason == "Observatory X has no camera"
+    assert len(server.requests) == 1 and waits == []
+
+
+def test_5xx_is_retried_with_growing_backoff(server, files):
+    waits = []
+    server.plan = [503, 502, 500]
+    client = client_for(server, sleep=waits.append, attempts=4, backoff_s=2.0)
+    result = client.upload(files[0], target="Gaia24abc", observatory="X")
+    assert result.ok and result.status == 201 and result.attempts == 4
+    assert len(server.requests) == 4 and len(waits) == 3
+    assert waits == sorted(waits) and len(set(waits)) == 3            # delays grow
+    for k, wait in enumerate(waits):                # 2, 4, 8 s plus up to 10 % jitter
+        assert 2.0 * 2 ** k <= wait <= 2.0 * 2 ** k * 1.1
+
+
+def test_5xx_every_time_gives_up_with_the_reason(server, files):
+    waits = []
+    server.plan = [{"status": 503, "body": {"detail": "Service busy"}}] * 3
+    client = client_for(server, sleep=waits.append, attempts=3, backoff_s=1.0,
+                        backoff_max_s=1.5)
+    result = client.upload(files[0], target="Gaia24abc", observatory="X")
+    assert not result.ok and result.status == 503 and result.attempts == 3
+    assert result.reason == "HTTP 503: Service busy (gave up after 3 attempts)"
+    assert len(server.requests) == 3 and waits[0] >= 1.0 and waits[1] == 1.5   # capped
+
+
+def test_retry_after_is_honoured_up_to_the_cap(server, files):
+    waits = []
+    server.plan = [{"status": 503, "headers": {"Retry-After": "7"}},
+                   {"status": 503, "headers": {"Retry-After": "600"}}]
+    client = client_for(server, sleep=waits.append, backoff_s=0.01, backoff_max_s=30)
+    assert client.upload(files[0], target="Gaia24abc", observatory="X").ok
+    assert waits == [7.0, 30.0] and len(server.requests) == 3
+
+
+def test_timeout_then_success(server, files):
+    waits = []
+    server.plan = [{"delay": 2.0}]                   # well past the client's timeout
+    client = client_for(server, sleep=waits.append, timeout_s=0.2)
+    result = client.upload(files[0], target="Gaia24abc", observatory="X")
+    assert result.ok and result.status == 201 and result.attempts == 2
+    assert len(server.requests) == 2 and len(waits) == 1
+
+
+def test_timeout_every_time_fails_after_n_attempts(server, tmp_path):
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    for p in (first, second):
+        p.write_text("time,magnitude,error,filter\n")
+    waits = []
+    server.plan = [{"delay": 2.0}] * 3
+    client = client_for(server, sleep=waits.append, timeout_s=0.2, attempts=3)
+    results = client.upload_many([first, second], move=True, target="Gaia24abc",
+                                 observatory="X")
+    assert [(r.ok, r.status, r.attempts) for r in results] == [(False, None, 3),
+                                                               (False, None, 0)]
+    assert results[0].reason == (f"no answer from {server.url}/upload/: timed out "
+                                 "(gave up after 3 attempts)")
+    assert results[1].reason == "not tried: BHTOM did not answer for a.csv"
+    assert len(server.requests) == 3 and len(waits) == 2
+    assert first.is_file() and second.is_file()       # unanswered files stay in place
+
+
+def test_the_token_never_shows_even_when_the_server_echoes_it(server, files, caplog,
+                                                              capsys):
+    caplog.set_level(logging.DEBUG)
+    echo = {"detail": f"token {TOKEN} is busy"}
+    server.plan = [{"status": 500, "body": echo}, {"status": 400, "body": echo}]
+    results = client_for(server, attempts=2).upload_many([files[0]], target="Gaia24abc",
+                                                         observatory="X")
+    assert results[0].reason == "token *** is busy" and len(server.requests) == 2
+    out = capsys.readouterr()
+    assert TOKEN not in caplog.text + out.out + out.err + repr(results)
+    assert "retrying" in caplog.text                   # the retry was logged, redacted
 
 
 def test_upload_many_moves_files_like_the_old_scripts(server, tmp_path):
@@ -204,6 +331,14 @@ def test_token_sources_and_private_config(tmp_path, monkeypatch):
     assert (path.stat().st_mode & 0o777) == 0o600
     config = BhtomConfig.load(path, env={})
     assert config.token.reveal() == TOKEN and TOKEN not in repr(config)
+    assert (config.attempts, config.backoff_s, config.backoff_max_s) == (4, 2.0, 60.0)
+    path.write_text(json.dumps({"token": TOKEN, "attempts": 6, "backoff_s": 0.5}))
+    config = BhtomConfig.load(path, env={})
+    assert (config.attempts, config.backoff_s) == (6, 0.5)
+    path.write_text(json.dumps({"token": TOKEN, "attempts": 0}))
+    with pytest.raises(ConfigError, match="attempts >= 1"):
+        BhtomConfig.load(path, env={})
+    path.write_text(json.dumps({"token": TOKEN}))
     env = {"BHTOM_TOKEN": "from-env", "BHTOM_UPLOAD_URL": "http://127.0.0.1:1"}
     config = BhtomConfig.load(path, env=env)
     assert config.token.reveal() == "from-env" and config.upload_url == "http://127.0.0.1:1"
@@ -234,11 +369,41 @@ def test_cli_upload(server, files, monkeypatch, caplog):
     res = runner.invoke(app, ["-v", "upload", str(csv), str(cat), "--target", "Gaia24abc",
                               "--observatory", "X", "--dry-run", "--move"])
     assert res.exit_code == 0, res.output
-    assert "lc.csv: uploaded (HTTP 201)" in res.output
+    assert "lc.csv: sent (HTTP 201, 1 attempt)" in res.output
+    assert "2 sent, 0 failed" in res.output
     assert server.requests[-1]["fields"]["mjd"] == "60000.123456"     # from the sidecar
     assert (cat.parent / "success" / cat.name).is_file()
     res = runner.invoke(app, ["upload", str(cat.parent / "success" / cat.name), "--target",
                               "Nope", "--observatory", "X", "--mjd", "60000"])
     assert res.exit_code == 1 and "Target Nope does not exist" in res.output
+    assert "failed (HTTP 400, 1 attempt)" in res.output
     assert TOKEN not in res.output and TOKEN not in caplog.text
     assert isinstance(UploadResult, type)
+
+
+def test_cli_upload_retries_and_summary(server, files, monkeypatch, caplog):
+    from bhcore.cli.main import app
+    caplog.set_level(logging.DEBUG)
+    csv, _ = files
+    monkeypatch.setenv("BHTOM_TOKEN", TOKEN)
+    monkeypatch.setenv("BHTOM_UPLOAD_URL", server.url)
+    server.plan = [503, 503]
+    res = CliRunner().invoke(app, ["-v", "upload", str(csv), "--target", "Gaia24abc",
+                                   "--observatory", "X", "--attempts", "2",
+                                   "--backoff", "0"])
+    assert res.exit_code == 1 and len(server.requests) == 2
+    assert ("lc.csv: failed (HTTP 503, 2 attempts): HTTP 503: planned 503 "
+            "(gave up after 2 attempts)") in res.output
+    assert "0 sent, 1 failed" in res.output
+    assert TOKEN not in res.output and TOKEN not in caplog.text
+
+
+def test_cli_upload_without_a_token_sends_nothing(server, files, monkeypatch):
+    from bhcore.cli.main import app
+    csv, _ = files
+    monkeypatch.delenv("BHTOM_TOKEN", raising=False)
+    monkeypatch.setenv("BHTOM_UPLOAD_URL", server.url)
+    res = CliRunner().invoke(app, ["upload", str(csv), "--target", "Gaia24abc",
+                                   "--observatory", "X", "--move"])
+    assert res.exit_code == 1 and res.output.count("no BHTOM token") == 1
+    assert server.requests == [] and csv.is_file()

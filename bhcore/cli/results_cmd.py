@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from ..errors import ConfigError
+from ..secrets import redact
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -109,29 +110,49 @@ def upload(
     username: Optional[str] = typer.Option(None, "--username", help="Get a token with this "
                                            "user's password (prompted)."),
     save: bool = typer.Option(False, "--save-token", help="Store that token (mode 0600)."),
+    attempts: Optional[int] = typer.Option(None, "--attempts", min=1, help="Requests per "
+                                           "file on timeouts, connection errors and HTTP "
+                                           "5xx (default: config file, else 4)."),
+    backoff: Optional[float] = typer.Option(None, "--backoff", min=0.0, help="First retry "
+                                            "delay, s; doubles each retry (default: config "
+                                            "file, else 2)."),
 ):
-    """Upload files to BHTOM (token from BHTOM_TOKEN or the private config file)."""
+    """Upload files to BHTOM (token from BHTOM_TOKEN or the private config file).
+
+    One line per file as it finishes (sent only on HTTP 201, or failed with the
+    server's reason), then the totals; exit code 1 when any file failed."""
     from ..bhtom import BhtomClient, BhtomConfig, save_token
-    client = BhtomClient(BhtomConfig.load(config))
+    settings = BhtomConfig.load(config)
+    if attempts is not None:
+        settings.attempts = attempts
+    if backoff is not None:
+        settings.backoff_s = backoff
+    client = BhtomClient(settings)
     if username:
         password = typer.prompt(f"BHTOM password for {username}", hide_input=True)
         token = client.authenticate(username, password)
         if save:
             err_console.print(f"token stored in {save_token(token, config)}", markup=False)
-    failed = 0
-    for path in files:
-        when = mjd if mjd is not None else _sidecar_mjd(path)
-        result = client.upload_many([path], move=move, target=target, observatory=observatory,
-                                    filter=filter_, data_product_type=data_type,
-                                    dry_run=dry_run, mjd=when, observer=observer,
-                                    match_dist=match_dist, comment=comment)[0]
+    client.require_token()                  # one clear error before any file is touched
+
+    def show(result) -> None:
+        tries = f"{result.attempts} attempt{'' if result.attempts == 1 else 's'}"
         where = f" -> {result.moved_to}" if result.moved_to else ""
         if result.ok:
-            console.print(f"{path.name}: uploaded (HTTP {result.status}){where}", markup=False)
+            console.print(f"{result.path.name}: sent (HTTP {result.status}, {tries}){where}",
+                          markup=False, soft_wrap=True)
         else:
-            failed += 1
-            err_console.print(f"{path.name}: failed (HTTP {result.status}): {result.reason}"
-                              f"{where}", markup=False)
+            http = f"HTTP {result.status}" if result.status else "no HTTP answer"
+            err_console.print(f"{result.path.name}: failed ({http}, {tries}): "
+                              f"{redact(result.reason)}{where}", markup=False, soft_wrap=True)
+
+    results = client.upload_many(files, move=move, on_result=show, target=target,
+                                 observatory=observatory, filter=filter_,
+                                 data_product_type=data_type, dry_run=dry_run,
+                                 mjd=mjd if mjd is not None else _sidecar_mjd,
+                                 observer=observer, match_dist=match_dist, comment=comment)
+    failed = sum(not r.ok for r in results)
+    console.print(f"{len(results) - failed} sent, {failed} failed", markup=False)
     if failed:
         raise typer.Exit(code=1)
 
