@@ -9,7 +9,8 @@ PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 APT_PACKAGES := python3 python3-venv python3-dev gcc make \
 	source-extractor psfex scamp swarp wcstools astrometry.net \
 	astrometry-data-tycho2-08-littleendian astrometry-data-tycho2-09-littleendian \
-	astrometry-data-tycho2-10-19-littleendian iraf iraf-noao
+	astrometry-data-tycho2-10-19-littleendian iraf iraf-noao \
+	chromium chromium-driver
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: install engines venv demo test bench clean-venv

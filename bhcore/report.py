@@ -3,19 +3,29 @@
 Why static files: a report must open from a results folder copied anywhere (an
 observer's laptop, a web server, a ticket attachment) without a running service.
 Plots are PNGs drawn with matplotlib's Agg canvas (no display, thread-safe) and
-the page is plain HTML with every value escaped.
+the page is plain HTML with every value escaped, every image a relative path. Each
+frame and its residual image get a small grey thumbnail under ``frames/``, made once
+and remade only when the FITS file is newer (a night of hundreds of frames).
 """
 from __future__ import annotations
 
 import html
+import io
 import json
+import re
+import warnings
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from astropy.table import Table
 
-from .frame import atomic_write_text
+from .frame import atomic_write_bytes, atomic_write_text
 from .results.plots import _umask, draw_calibration, new_figure, save
+
+THUMBNAIL_PX = 256          # longest side of a frame thumbnail (PNG, 8-bit grey)
+FRAMES_DIR = "frames"       # thumbnails, inside the report folder
+PROGRESS_FROM = 20          # thumbnails to make before a progress bar is worth showing
 
 
 def _hours(mjd, ref):
@@ -147,18 +157,194 @@ def _astrometry_figure(stars_by_frame, lcs, path):
 
 
 def _conditions_figure(frames, path, ref):
-    fig = new_figure(8, 6)
-    axes = fig.subplots(3, 1, sharex=True)
+    panels = (("fwhm", "FWHM [px]"), ("zero_point", "zero point [mag]"),
+              ("airmass", "airmass"), ("sky", "sky [ADU]"))
+    fig = new_figure(8, 7.5)
+    axes = fig.subplots(len(panels), 1, sharex=True)
     t = _hours(frames["mjd"], ref)
-    for ax, (name, label) in zip(axes, (("fwhm", "FWHM [px]"), ("airmass", "airmass"),
-                                        ("sky", "sky [ADU]"))):
+    for ax, (name, label) in zip(axes, panels):
         if name in frames.colnames:
             values = np.asarray(frames[name], float)
             ax.plot(t[np.isfinite(values)], values[np.isfinite(values)], "o-", ms=3)
+        if name == "zero_point":
+            ax.invert_yaxis()
         ax.set_ylabel(label)
     axes[-1].set_xlabel(f"hours from MJD {ref:.4f}")
     fig.subplots_adjust(hspace=0.15, left=0.12, right=0.98, top=0.97, bottom=0.08)
     return save(fig, path)
+
+
+def _image_data(path) -> np.ndarray:
+    """The first 2-D image of a FITS file (the first plane of a cube), as float32."""
+    from astropy.io import fits
+    with fits.open(path, memmap=True) as hdul:
+        for hdu in hdul:
+            if getattr(hdu, "is_image", False) and hdu.data is not None and hdu.data.ndim >= 2:
+                data = hdu.data
+                while data.ndim > 2:
+                    data = data[0]
+                return np.array(data, dtype=np.float32)
+    raise ValueError("no image data in any HDU")
+
+
+def _downsample(data: np.ndarray, max_px: int) -> np.ndarray:
+    """Block means (NaN ignored) so that the longest side is at most ``max_px``."""
+    k = max(1, int(np.ceil(max(data.shape) / max_px)))
+    if k == 1:
+        return data
+    ky, kx = min(k, data.shape[0]), min(k, data.shape[1])
+    ny, nx = data.shape[0] // ky, data.shape[1] // kx
+    blocks = data[: ny * ky, : nx * kx].reshape(ny, ky, nx, kx)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)        # all-NaN blocks stay NaN
+        return np.nanmean(blocks, axis=(1, 3))
+
+
+def thumbnail(source, path, *, residual: bool = False, max_px: int = THUMBNAIL_PX) -> Path:
+    """A small 8-bit grey PNG of a FITS image: block means down to ``max_px``; from
+    the zscale lower limit to the 99.7th percentile (at least the zscale upper limit)
+    in an asinh stretch, so that faint stars show and bright cores do not saturate;
+    a residual image, whose structure sits at the sky level, in zscale limits and a
+    linear stretch. Row 0 at the bottom as DS9 shows it; written atomically. Nothing
+    is done when ``path`` is already newer than ``source`` (long runs: written once)."""
+    from astropy.visualization import (AsinhStretch, ImageNormalize, LinearStretch,
+                                       ZScaleInterval)
+    from PIL import Image
+    source, path = Path(source), Path(path)
+    if path.is_file() and path.stat().st_size and path.stat().st_mtime_ns >= \
+            source.stat().st_mtime_ns:
+        return path
+    small = _downsample(_image_data(source), max_px)
+    finite = np.isfinite(small)
+    if finite.sum() >= 2:
+        values = small[finite]
+        vmin, vmax = ZScaleInterval().get_limits(values)
+        if not residual:
+            vmax = max(vmax, float(np.percentile(values, 99.7)))
+        if not vmax > vmin:
+            vmin, vmax = float(np.min(values)), float(np.max(values)) + 1.0
+        norm = ImageNormalize(vmin=vmin, vmax=vmax, clip=True,
+                              stretch=LinearStretch() if residual else AsinhStretch(0.02))
+        scaled = np.ma.filled(norm(np.where(finite, small, vmin)), 0.0)
+    else:
+        scaled = np.zeros(small.shape)
+    grey = (np.clip(np.nan_to_num(scaled), 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(grey[::-1])).save(buffer, format="PNG",
+                                                           optimize=True)
+    atomic_write_bytes(path, buffer.getvalue())
+    path.chmod(0o666 & ~_umask())
+    return path
+
+
+def _safe_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", stem).lstrip(".-")[:120] or "frame"
+
+
+def _frame_images(db, frame) -> tuple[Path | None, str, Path | None]:
+    """(image, what it is, residual) of a recorded frame; None where there is none.
+
+    The residual is the ``residual`` product, else the one ``<stem>_residual.fits`` in
+    the frame's folder (an engine names it after the input file, which may differ from
+    the sanitised stem of the folder).
+    """
+    products = db.products(frame.id)
+    image, kind = None, ""
+    for key, what in (("astrometry", "solved frame"), ("header", "standardised frame")):
+        if key in products and Path(products[key]).is_file():
+            image, kind = Path(products[key]), what
+            break
+    residual = products.get("residual")
+    if residual is None or not Path(residual).is_file():
+        residual = None
+        if frame.folder and Path(frame.folder).is_dir():
+            found = sorted(Path(frame.folder).glob("*_residual.fits"))
+            residual = found[0] if len(found) == 1 else None
+    return image, kind, (Path(residual) if residual is not None else None)
+
+
+def _frame_thumbnails(db, frames, out: Path) -> list[dict]:
+    """Thumbnails of every frame and its residual under ``out/frames``, made only when
+    missing or older than the FITS file; a rich progress bar when there are many."""
+    folder = out / FRAMES_DIR
+    jobs, entries, used = [], [], set()
+    for f in frames:
+        name = _safe_name(f.stem)
+        if name in used:
+            name = f"{name}-{f.id}"
+        used.add(name)
+        image, kind, residual = _frame_images(db, f)
+        entry = {"frame": f, "name": name, "kind": kind, "image": None, "residual": None,
+                 "image_note": "no frame image (neither a solved nor a standardised "
+                               "frame among the products)",
+                 "residual_note": "no residual image (the photometry engine wrote none)"}
+        for key, src, png in (("image", image, folder / f"{name}.png"),
+                              ("residual", residual, folder / f"{name}_residual.png")):
+            if src is None:
+                png.unlink(missing_ok=True)          # a product that went away
+            else:
+                jobs.append((entry, key, src, png))
+        entries.append(entry)
+    stale = [not (png.is_file() and png.stat().st_mtime_ns >= src.stat().st_mtime_ns)
+             for _entry, _key, src, png in jobs]
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    with Progress(TextColumn("report: frame thumbnails"), BarColumn(), MofNCompleteColumn(),
+                  console=Console(stderr=True), transient=True,
+                  disable=sum(stale) < PROGRESS_FROM) as bar:
+        task = bar.add_task("thumbnails", total=sum(stale))
+        for (entry, key, src, png), make in zip(jobs, stale):
+            try:
+                entry[key] = thumbnail(src, png, residual=key == "residual")
+            except (OSError, ValueError, TypeError, MemoryError) as exc:
+                png.unlink(missing_ok=True)
+                entry[f"{key}_note"] = f"{src.name} unreadable: {exc}"
+            if make:
+                bar.advance(task)
+    return entries
+
+
+def _img_tag(path: Path, out: Path, alt: str) -> str:
+    rel = path.relative_to(out).as_posix()
+    size = ""
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            size = f' width="{im.width}" height="{im.height}"'
+    except OSError:
+        pass
+    src = html.escape(quote(rel))
+    return f'<a href="{src}"><img src="{src}" alt="{html.escape(alt)}"{size}></a>'
+
+
+def _gallery(entries, out: Path) -> str:
+    """One figure per frame: caption, frame thumbnail, residual thumbnail (or a note)."""
+    if not entries:
+        return ""
+    cells = []
+    for e in entries:
+        f = e["frame"]
+        facts = [f"MJD {f.mjd:.5f}" if f.mjd is not None else "",
+                 f.filter or "", f.status or "",
+                 f"FWHM {f.fwhm:.2f} px" if f.fwhm is not None else "",
+                 f"ZP {f.zero_point:.3f}" if f.zero_point is not None else ""]
+        caption = html.escape(" · ".join(x for x in facts if x))
+        parts = [f"<figcaption><strong>{html.escape(f.stem)}</strong><br>{caption}"
+                 "</figcaption>"]
+        for key, label in (("image", e["kind"] or "frame"), ("residual", "residual")):
+            if e[key] is not None:
+                tag = _img_tag(e[key], out, f"{f.stem} {label}")
+                parts.append(f'<div class="thumb">{tag}<span>{html.escape(label)}</span></div>')
+            else:
+                parts.append(f'<p class="none">{html.escape(e[key + "_note"])}</p>')
+        cells.append(f'<figure class="frame" id="frame-{html.escape(e["name"])}">'
+                     + "".join(parts) + "</figure>")
+    return ("<h2>Frame images</h2><p>Each frame (solved, else standardised) and its "
+            "residual image after star subtraction, block-averaged to at most "
+            f"{THUMBNAIL_PX} px (frame: asinh stretch from the zscale lower limit; "
+            "residual: zscale limits, linear), pixel row 0 at the bottom. Click a "
+            "thumbnail to enlarge it.</p>"
+            f'<div class="gallery">{"".join(cells)}</div>')
 
 
 def _cell(value, fmt="{:.3f}"):
@@ -228,11 +414,14 @@ def write_report(results, out_dir=None, *, target: tuple[float, float] | None = 
     images["zero_points"] = _zero_point_figure(frames, stars, out / "zero_points.png", ref)
     images["astrometry"] = _astrometry_figure(stars, lcs, out / "astrometry.png")
     images["conditions"] = _conditions_figure(frames, out / "conditions.png", ref)
-    all_frames = frame_rows_table(db.frames())
+    recorded = db.frames()
+    all_frames = frame_rows_table(recorded)
+    gallery = _gallery(_frame_thumbnails(db, recorded, out), out)
     captions = {"target": "Target light curve", "variables": "Most variable sources "
                 "(relative to the comparison ensemble)", "zero_points": "Zero point per "
                 "frame and calibration fits of some frames", "astrometry": "Astrometric "
-                "residual map", "conditions": "FWHM, airmass and sky against time"}
+                "residual map", "conditions": "FWHM, zero point, airmass and sky against "
+                "time"}
     figs = "".join(f"<h2>{html.escape(captions[k])}</h2><img src=\"{html.escape(p.name)}\" "
                    f"alt=\"{html.escape(k)}\">" for k, p in images.items())
     var = lcs.sources[[j for j in lcs.most_variable(20)]] if lcs.n_sources else lcs.sources
@@ -242,6 +431,11 @@ def write_report(results, out_dir=None, *, target: tuple[float, float] | None = 
     page = ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>bhcore report</title>"
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
             "font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}"
+            ".gallery{display:flex;flex-wrap:wrap;gap:8px}figure.frame{margin:0;padding:4px;"
+            "border:1px solid #ccc;font-size:11px;width:calc(2*180px + 12px)}"
+            ".thumb{display:inline-block;margin:2px;text-align:center}.thumb img{width:180px;"
+            "height:auto;display:block}"
+            "p.none{display:inline-block;width:180px;color:#777}"
             "</style></head><body><h1>bhcore report</h1>"
             f"<p>results: {html.escape(str(db.url))}</p>{summary}{''.join(sections)}{figs}"
             "<h2>Most variable sources</h2>"
@@ -253,7 +447,7 @@ def write_report(results, out_dir=None, *, target: tuple[float, float] | None = 
                                        "sky", "zero_point", "zero_point_err", "scatter",
                                        "n_cal_stars", "lim_mag", "photflag", "status",
                                        "status_reason"], {"mjd": "{:.5f}"})
-            + "</body></html>\n")
+            + gallery + "</body></html>\n")
     path = atomic_write_text(out / "index.html", page)
     path.chmod(0o666 & ~_umask())
     return path

@@ -17,8 +17,15 @@ sep = pytest.importorskip("sep")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def small_run(root, calibrate=True, n_frames=8):
-    """A short simulated night, measured at the truth positions and recorded."""
+def small_run(root, calibrate=True, n_frames=8, images=False, residuals=None):
+    """A short simulated night, measured at the truth positions and recorded.
+
+    ``images``: also write each frame as its solved-frame product (``<stem>_wcs.fits``)
+    and, for the frame indices in ``residuals`` (default all), a residual image through
+    ``bhcore.frame.write_residual`` (the sky-subtracted frame with the measured stars'
+    apertures blanked to zero), as the runner's earlier stages would.
+    """
+    from bhcore.frame import write_frame, write_residual
     from bhcore.results.stage import calibrate_and_record
     from bhcore.tables import SourceTable
     from bhcore.testing import make_night
@@ -39,11 +46,21 @@ def small_run(root, calibrate=True, n_frames=8):
                                        gain=sf.gain)
         table = SourceTable.build(x, y, flux, ferr, ids=np.asarray(sf.truth["id"])[keep])
         table["ra"], table["dec"] = frame.wcs.pixel_to_world_values(x, y)
+        folder = root / "out" / f"f{i:03d}"
+        if images:
+            write_frame(frame, folder / f"f{i:03d}_wcs.fits")
+            if residuals is None or i in residuals:
+                yy, xx = np.mgrid[: data.shape[0], : data.shape[1]]
+                resid = data - bkg.back()
+                for xs, ys in zip(x, y):
+                    resid[(xx - xs) ** 2 + (yy - ys) ** 2 < 36.0] = 0.0
+                write_residual(frame.replace(path=f"f{i:03d}.fits"), resid, folder,
+                               "test: apertures blanked")
         settings = {"catalogs": "file", "plots": False,
                     "target_ra": float(cat["ra"][0]), "target_dec": float(cat["dec"][0])}
         if calibrate:
             settings["file.path"] = str(root / "ref.ecsv")
-        calibrate_and_record(frame, table, None, root / "out" / f"f{i:03d}", settings)
+        calibrate_and_record(frame, table, None, folder, settings)
     return night, root / "out"
 
 
@@ -73,3 +90,45 @@ def test_report_of_an_uncalibrated_run(tmp_path):
     assert "calibration_failed" in text
     for name in ("zero_points.png", "astrometry.png", "conditions.png"):
         assert (tmp_path / "rep" / name).read_bytes()[:8] == PNG
+
+
+def test_report_frame_gallery(tmp_path):
+    """A thumbnail per frame and per residual image (small 8-bit PNGs), a note where a
+    frame has no residual, and a second report that rewrites none of them."""
+    from PIL import Image
+
+    from bhcore.report import THUMBNAIL_PX, write_report
+    _night, out = small_run(tmp_path, n_frames=4, images=True, residuals={0, 2})
+    page = write_report(out, tmp_path / "rep", n_variables=2)
+    text = page.read_text()
+    rep = tmp_path / "rep"
+    assert "Frame images" in text
+    thumbs = sorted(re.findall(r'<img src="(frames/[^"]+)"', text))
+    assert thumbs == ["frames/f000.png", "frames/f000_residual.png", "frames/f001.png",
+                      "frames/f002.png", "frames/f002_residual.png", "frames/f003.png"]
+    for name in thumbs:
+        data = (rep / name).read_bytes()
+        assert data[:8] == PNG and len(data) < 100_000, name
+        with Image.open(rep / name) as im:
+            assert im.mode == "L" and max(im.size) <= THUMBNAIL_PX and im.size == (160, 160)
+            pixels = np.asarray(im)
+        assert pixels.std() > 5, f"{name} is flat"          # a stretch that shows the sky
+    assert text.count("no residual image") == 2
+    assert not list(rep.glob("frames/.*"))                    # no temporary file left
+    stamps = {p.name: p.stat().st_mtime_ns for p in rep.glob("frames/*.png")}
+    write_report(out, tmp_path / "rep", n_variables=2)      # up to date: nothing rewritten
+    assert {p.name: p.stat().st_mtime_ns for p in rep.glob("frames/*.png")} == stamps
+
+
+def test_thumbnail_downsamples_and_survives_nan(tmp_path):
+    from astropy.io import fits
+    from PIL import Image
+
+    from bhcore.report import thumbnail
+    rng = np.random.default_rng(3)
+    data = rng.normal(100.0, 5.0, (1030, 700)).astype(np.float32)
+    data[:40] = np.nan                                          # a masked strip
+    fits.PrimaryHDU(data).writeto(tmp_path / "big.fits")
+    png = thumbnail(tmp_path / "big.fits", tmp_path / "big.png")
+    with Image.open(png) as im:
+        assert im.size == (140, 206) and im.mode == "L"        # 5x5 blocks, long side <= 256
