@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -244,14 +245,19 @@ def write_frame(frame: Frame, path: str | Path, dtype=np.float32) -> Path:
 
 
 def file_stem(path) -> str:
-    """``a/b/night-01.fits.fz`` -> ``night-01``: compression and FITS suffixes dropped."""
-    name = Path(str(path)).name if path else "frame"
-    for suffix in (".gz", ".fz", ".bz2"):
-        name = name.removesuffix(suffix)
-    for suffix in (".fits", ".fit", ".fts"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    return name or "frame"
+    """``a/b/night 01.fits.fz`` -> ``night_01``: the one stem rule of every product.
+
+    Compression and FITS suffixes are dropped; characters outside ``A-Za-z0-9._+-``
+    become ``_`` and leading dots/dashes go, so a stem never hides a file or leaves
+    the output folder, and every stage names a frame's products alike.
+    """
+    name = Path(str(path or "").replace("\\", "/")).name
+    for suffixes in ((".gz", ".fz", ".bz2", ".zip"), (".fits", ".fit", ".fts")):
+        for suffix in suffixes:
+            if name.lower().endswith(suffix):
+                name = name[: -len(suffix)]
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".-")
+    return stem[:200] or "frame"
 
 
 def write_residual(frame: Frame, data: np.ndarray, products_dir, note: str = "") -> Path:

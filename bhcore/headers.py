@@ -29,7 +29,7 @@ from astropy.io import fits
 
 from . import __version__
 from .errors import HeaderError, BhError
-from .frame import Frame, read_frame, write_frame
+from .frame import Frame, file_stem, read_frame, write_frame
 
 log = logging.getLogger(__name__)
 HOOK = "bh_fill_header"
@@ -127,17 +127,10 @@ def setby(header: fits.Header) -> dict[str, str]:
 
 
 def output_path(path: str | Path, out_dir: str | Path) -> Path:
-    """``out_dir/<sanitised stem>.fits``: never outside ``out_dir``, never hidden."""
-    name = Path(str(path).replace("\\", "/")).name
-    for suffix in (".gz", ".fz", ".bz2", ".zip"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    for suffix in (".fits", ".fit", ".fts"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", name).lstrip(".-") or "frame"
+    """``out_dir/<stem>.fits`` with the products' stem rule (``frame.file_stem``)."""
+    stem = file_stem(path)
     out_dir = Path(out_dir)
-    target = out_dir / f"{stem[:200]}.fits"
+    target = out_dir / f"{stem}.fits"
     if target.resolve().parent != out_dir.resolve():      # belt and braces
         raise HeaderError("output name would leave the output folder", path=path)
     return target

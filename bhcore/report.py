@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import re
 import warnings
 from pathlib import Path
 from urllib.parse import quote
@@ -20,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 from astropy.table import Table
 
-from .frame import atomic_write_bytes, atomic_write_text
+from .frame import atomic_write_bytes, atomic_write_text, file_stem
 from .results.plots import _umask, draw_calibration, new_figure, save
 
 THUMBNAIL_PX = 256          # longest side of a frame thumbnail (PNG, 8-bit grey)
@@ -237,16 +236,9 @@ def thumbnail(source, path, *, residual: bool = False, max_px: int = THUMBNAIL_P
     return path
 
 
-def _safe_name(stem: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", stem).lstrip(".-")[:120] or "frame"
-
-
 def _frame_images(db, frame) -> tuple[Path | None, str, Path | None]:
     """(image, what it is, residual) of a recorded frame; None where there is none.
 
-    The residual is the ``residual`` product, else the one ``<stem>_residual.fits`` in
-    the frame's folder (an engine names it after the input file, which may differ from
-    the sanitised stem of the folder).
     """
     products = db.products(frame.id)
     image, kind = None, ""
@@ -257,9 +249,6 @@ def _frame_images(db, frame) -> tuple[Path | None, str, Path | None]:
     residual = products.get("residual")
     if residual is None or not Path(residual).is_file():
         residual = None
-        if frame.folder and Path(frame.folder).is_dir():
-            found = sorted(Path(frame.folder).glob("*_residual.fits"))
-            residual = found[0] if len(found) == 1 else None
     return image, kind, (Path(residual) if residual is not None else None)
 
 
@@ -269,7 +258,7 @@ def _frame_thumbnails(db, frames, out: Path) -> list[dict]:
     folder = out / FRAMES_DIR
     jobs, entries, used = [], [], set()
     for f in frames:
-        name = _safe_name(f.stem)
+        name = file_stem(f.stem)
         if name in used:
             name = f"{name}-{f.id}"
         used.add(name)

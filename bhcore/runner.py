@@ -11,16 +11,16 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import AstrometryNotSolved, BackendNotFound, BhError, NotImplementedYet
-from .frame import read_frame, write_frame
+from .frame import file_stem, read_frame, write_frame
 from .gaia_grid import write_products
-from .headers import header_plugins, output_path, standardise
+from .headers import header_plugins, standardise
 from .pipeline import run_astrometry, run_photometry, write_table
 from .results.stage import calibrate_and_record
 
 
 def safe_stem(path) -> str:
-    """A file-name stem that cannot escape an output folder (the FITS manager's rule)."""
-    return output_path(path, ".").stem
+    """A file-name stem that cannot escape an output folder (the products' one rule)."""
+    return file_stem(path)
 
 
 @dataclass
