@@ -59,3 +59,33 @@ def test_outliers_are_rejected_and_fixed_shape_fits_only_what_is_free():
 def test_too_few_points_is_a_clear_error():
     with pytest.raises(TransitFitError, match="usable points"):
         fit_transit(TIMES[:5], np.ones(5), np.full(5, 0.01), PERIOD, T0)
+
+
+def test_cli_fits_an_exported_light_curve_and_plots_it(tmp_path):
+    import json
+
+    from astropy.table import Table
+    from typer.testing import CliRunner
+
+    from bhcore.cli.main import app
+    rng = np.random.default_rng(4)
+    bjd = 2458107.5 + TIMES
+    truth = transit_model(bjd, 2458107.7, PERIOD, 0.12, 7.0, 0.2, exposure_s=60)
+    lc = Table({"bjd_tdb": bjd, "rel_flux": truth + rng.normal(0, 0.002, bjd.size),
+                "rel_flux_err": np.full(bjd.size, 0.002), "exptime": np.full(bjd.size, 60.0)})
+    lc.write(tmp_path / "lc.ecsv")
+    plot = tmp_path / "fit.png"
+    # an epoch many periods back: the command picks the transit nearest the data
+    done = CliRunner().invoke(app, ["transit", str(tmp_path / "lc.ecsv"), "--period",
+                                    str(PERIOD), "--t0", str(2458107.705 - 100 * PERIOD),
+                                    "--plot", str(plot), "--json"])
+    assert done.exit_code == 0, done.output
+    fit = json.loads(done.output[done.output.index("{"):])
+    assert abs(fit["t0"] - 2458107.7) < 3 * fit["t0_err"]
+    depth_true = 1 - transit_model([2458107.7], 2458107.7, PERIOD, 0.12, 7.0, 0.2)[0]
+    assert abs(fit["depth"] - depth_true) < 3 * fit["depth_err"]
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    bad = CliRunner().invoke(app, ["transit", str(tmp_path / "lc.ecsv"), "--period", "2",
+                                   "--t0", "0", "--free", "t0,q"])
+    assert bad.exit_code != 0 and "--free" in bad.output

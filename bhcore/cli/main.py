@@ -66,6 +66,7 @@ def _mount() -> None:
     from .registry_cmd import app as registry_app
     from .service_cmd import serve, status
     from .simulate_cmd import simulate
+    from .transit_cmd import transit
     app.add_typer(guard_app(plugins_cmd.app), name="plugins",
                   help="Installed backends and their settings.")
     app.add_typer(guard_app(registry_app), name="registry",
@@ -74,7 +75,7 @@ def _mount() -> None:
     app.command("headers")(guard(headers))
     app.command("simulate")(guard(simulate))
     for name, func in {**commands.STAGE_COMMANDS, **results_cmd.COMMANDS,
-                       "serve": serve, "status": status}.items():
+                       "serve": serve, "status": status, "transit": transit}.items():
         app.command(name)(guard(func))
     _mount_plugin_commands()
 

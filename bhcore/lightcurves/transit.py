@@ -129,9 +129,13 @@ def fit_transit(time, flux, flux_err, period: float, t0: float, *, rp: float = 0
     f_scale = float(np.median(f[good]))
     norm = lambda v: v / f_scale                                           # noqa: E731
 
+    # t0 is fitted as an offset from its start: finite-difference steps are relative
+    # to the value, and a BJD of 2.46e6 would give steps of an hour
+    origin = np.array([start["t0"] if k == "t0" else 0.0 for k in free])
+
     def unpack(p):
         shape = dict(start)
-        shape.update(zip(free, p[:len(free)]))
+        shape.update(zip(free, p[:len(free)] + origin))
         return shape, p[len(free):]
 
     def model(p, tt):
@@ -143,6 +147,9 @@ def fit_transit(time, flux, flux_err, period: float, t0: float, *, rp: float = 0
     p0 = np.array([start[k] for k in free] + [0.0] * baseline_order + [1.0])
     lo = [bounds[k][0] for k in free] + [-np.inf] * (baseline_order + 1)
     hi = [bounds[k][1] for k in free] + [np.inf] * (baseline_order + 1)
+    p0[:len(free)] -= origin
+    lo[:len(free)] = list(np.array(lo[:len(free)]) - origin)
+    hi[:len(free)] = list(np.array(hi[:len(free)]) - origin)
     p0[:len(free)] = np.clip(p0[:len(free)], np.array(lo[:len(free)]) + 1e-9,
                              np.array(hi[:len(free)]) - 1e-9)
     used = good.copy()

@@ -101,3 +101,32 @@ def calibration_plot(result, stars, path) -> Path:
                      notes.get("color_pivot", 0.0), label)
     fig.subplots_adjust(left=0.1, right=0.98, bottom=0.13, top=0.9, wspace=0.28)
     return save(fig, path)
+
+
+def transit_plot(time, flux, flux_err, fit, path) -> Path:
+    """Detrended light curve with the fitted model, binned points and residuals."""
+    t = np.asarray(time, float)
+    base = np.polyval(fit.baseline, t - fit.t_ref)
+    rel, err = np.asarray(flux, float) / base, np.asarray(flux_err, float) / base
+    hours = (t - fit.t0) * 24.0
+    grid = np.linspace(np.nanmin(t), np.nanmax(t), 800)
+    fig = new_figure(8.0, 6.0)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    used = fit.used if fit.used.size == t.size else np.ones(t.size, bool)
+    top.errorbar(hours[used], rel[used], err[used], fmt=".", color="0.6", lw=0.5, ms=3,
+                 label="points")
+    if (~used).any():
+        top.plot(hours[~used], rel[~used], "x", color="tab:red", label="rejected")
+    top.plot((grid - fit.t0) * 24.0, fit.model(grid, with_baseline=False), color="tab:blue",
+             label="model")
+    resid = rel - fit.model(t, with_baseline=False)
+    bottom.errorbar(hours[used], resid[used], err[used], fmt=".", color="0.6", lw=0.5, ms=3)
+    bottom.axhline(0.0, color="tab:blue")
+    top.set_ylabel("relative flux (detrended)")
+    bottom.set_ylabel("residual")
+    bottom.set_xlabel(f"hours from mid-transit (BJD_TDB {fit.t0:.5f})")
+    top.set_title(f"depth {fit.depth * 100:.2f} ± {fit.depth_err * 100:.2f} %, "
+                  f"mid-time ± {fit.t0_err * 1440:.1f} min, chi2/dof {fit.chi2_red:.2f}")
+    top.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)
