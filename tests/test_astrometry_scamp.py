@@ -14,11 +14,14 @@ import shutil
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from astropy.table import Table
 
 from bhcore.errors import AstrometryNotSolved, BhError
+from bhcore.frame import Frame
 from bhcore.gaia_grid import wcs_error_rms
 from bhcore.pipeline import run_astrometry
+from bhcore.tables import SourceTable
 from bhcore.testing import make_star_field, make_wcs
 
 SCALE = 0.6
@@ -139,7 +142,6 @@ def test_scamp_without_any_starting_point_hands_over(tmp_path):
 
 @needs_scamp
 def test_scamp_uses_a_given_source_table(tmp_path):
-    from bhcore.tables import SourceTable
     frame, truth, path = scene(tmp_path, offset_arcmin=3.0, rotation_deg=1.0)
     x, y = truth.all_world2pix(np.asarray(sky_catalog()["ra"]),
                                np.asarray(sky_catalog()["dec"]), 0)
@@ -152,6 +154,42 @@ def test_scamp_uses_a_given_source_table(tmp_path):
     result, _ = run_astrometry(frame, ["astrometry_scamp"], overrides=settings_for(path),
                                sources=sources)
     assert wcs_error_rms(truth, result.wcs, SHAPE) < 0.05
+
+
+@needs_scamp
+def test_scamp_degree_comes_down_when_the_catalogue_covers_the_middle(tmp_path):
+    """A 29' undistorted frame (the field size says: start at degree 2) whose deep
+    catalogue covers only the central 40%: the BIC brings the degree down to 1; the
+    quadratic would be extrapolated over the rest of the frame (0.11-0.22" off in
+    three seeds, against 0.02-0.04" for the linear fit)."""
+    shape = (2048, 2048)
+    rng = np.random.default_rng(0)
+    truth = make_wcs(shape, center=CENTER, pixel_scale=SCALE, rotation=0.5)
+    n = 1200
+    x, y = rng.uniform(5, 2043, n), rng.uniform(5, 2043, n)
+    ra, dec = truth.all_pix2world(x, y, 0)
+    mag = rng.uniform(12, 19, n)
+    middle = (np.abs(x - 1023.5) < 400) & (np.abs(y - 1023.5) < 400)
+    path = tmp_path / "middle.ecsv"
+    Table({"source_id": np.arange(middle.sum()), "ra": ra[middle], "dec": dec[middle],
+           "V": mag[middle], "ra_err": np.full(middle.sum(), 0.1),
+           "dec_err": np.full(middle.sum(), 0.1)}).write(path)
+    flux = 10 ** (-0.4 * (mag - 25))
+    sources = SourceTable.build(x + rng.normal(0, 0.15, n), y + rng.normal(0, 0.15, n), flux,
+                                flux / 100, fwhm=np.full(n, 3.0))
+    aim = truth.pixel_to_world(1083.5, 983.5)
+    frame = Frame(data=np.broadcast_to(np.float64(0.0), shape),
+                  header=fits.Header({"RA": aim.ra.deg, "DEC": aim.dec.deg}))
+    result, _ = run_astrometry(frame, ["astrometry_scamp"], overrides=settings_for(path),
+                               sources=sources)
+    forced, _ = run_astrometry(frame, ["astrometry_scamp"],
+                               overrides=settings_for(path, distort_degree=2), sources=sources)
+    error = wcs_error_rms(truth, result.wcs, shape)
+    error2 = wcs_error_rms(truth, forced.wcs, shape)
+    print(f"\nSCAMP, catalogue on the central 40% of a 29' frame: degree "
+          f"{result.notes['distort_degree']}, WCS error {error:.3f}\" (degree 2: {error2:.3f}\")")
+    assert result.notes["distort_degree"] == 1 and error < 0.06
+    assert error2 > 2 * error
 
 
 def test_scamp_missing_engine_is_reported(tmp_path, monkeypatch):

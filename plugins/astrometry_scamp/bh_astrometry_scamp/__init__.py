@@ -7,7 +7,11 @@ a first solution (or the fallback chain moves on). The reference is a local LDAC
 written from the catalogue layer (Gaia, then the offline Tycho-2, by default), so
 SCAMP never goes online. SCAMP exits 0 even when it cross-identifies wrongly, so
 every solution is re-checked here: too few matches, too large an RMS or a low
-matching contrast is refused with AstrometryNotSolved, never passed on.
+matching contrast is refused with AstrometryNotSolved, never passed on. The
+distortion degree starts from the field size, is capped by the number of stars
+SCAMP matched, and moves down as well as up by the BIC: a higher degree is kept
+only when the BIC says so (a deep catalogue on the central third of a wide frame
+cannot fix a distortion that would then be extrapolated over the rest).
 """
 from __future__ import annotations
 
@@ -123,8 +127,18 @@ def _solve(frame, sources, s: Settings, settings) -> AstrometryResult:
         if s.distort_degree is None and degree > top:        # too few matches for this degree
             degree = top
             run = _run_checked(catalog, reference, work, degree, s, scale)
-        while s.distort_degree is None and degree < top:     # more terms only if BIC says so
+        tried = {degree}
+        while s.distort_degree is None and degree > 1:       # fewer terms unless BIC objects
             try:
+                lower = _run_checked(catalog, reference, work, degree - 1, s, scale)
+            except AstrometryNotSolved:
+                break
+            tried.add(degree - 1)
+            if bic(run.qa, degree) < bic(lower.qa, degree - 1) - 2.0:
+                break
+            run, degree = lower, degree - 1
+        while s.distort_degree is None and degree < top and degree + 1 not in tried:
+            try:                                             # more terms only if BIC says so
                 better = _run_checked(catalog, reference, work, degree + 1, s, scale)
             except AstrometryNotSolved:
                 break
@@ -219,8 +233,10 @@ def choose_degree(shape, scale_arcsec: float, n_sources: int, n_reference: int):
     """(first, highest) distortion degree to try.
 
     First: 1 below 20' (3 over-fits a 10' field), 2 below 1 deg, else 3. Highest:
-    what the stars support ((d+1)(d+2)/2 terms per axis, five stars per term). Higher
-    degrees are kept only when they lower the BIC (a real distortion).
+    what the stars support ((d+1)(d+2)/2 terms per axis, five stars per term). From
+    the first, the degree moves down while the BIC does not object and up while it
+    asks for more terms (a real distortion): a degree above 1 is kept only when it
+    lowers the BIC by more than 2.
     """
     diag_arcmin = math.hypot(*shape) * scale_arcsec / 60.0
     by_field = 1 if diag_arcmin < 20 else 2 if diag_arcmin < 60 else 3
