@@ -1,4 +1,4 @@
-"""Run the whole chain on frames: one frame, a batch, the built-in demo.
+"""Run the whole chain on frames: one frame or a batch (the demo is in ``bhcore.demo``).
 
 Products of every stage are kept even when a later stage fails, and one failing
 frame never stops a batch: its one-line reason is collected in the summary.
@@ -167,32 +167,6 @@ def run_batch(files, obs, out_dir, *, photometry_backend=None, overrides=None,
     from .batch import run_batch as parallel_batch
     return parallel_batch(files, obs, out_dir, photometry_backend=photometry_backend,
                           overrides=overrides, summary=summary, **parallel)
-
-
-def run_demo(out_dir, *, n_frames: int = 6, size: int = 512, seed: int = 1,
-             **parallel) -> RunSummary:
-    """Simulate a night with the demo camera and run every stage that exists."""
-    from .registry import Registry
-    from .testing import make_night
-    out_dir = Path(out_dir)
-    night = make_night(out_dir=out_dir / "raw", n_frames=n_frames, shape=(size, size),
-                       seed=seed)
-    registry = Registry()
-    registry.ensure_builtin()
-    obs = registry.get(DEMO_ONAME)
-    files = sorted((out_dir / "raw").glob("*.fits"))
-    summary = RunSummary()
-    summary.stage_notes.append(f"simulated {len(files)} frames ({len(night.catalog)} stars, "
-                               f"a transit and a variable) into {out_dir / 'raw'}")
-    parallel.setdefault("overrides", demo_overrides(out_dir / "raw" / "catalog.ecsv"))
-    summary = run_batch(files, obs, out_dir / "products", summary=summary, **parallel)
-    if summary.done:
-        from .report import write_report
-        target = night.catalog[night.catalog["id"] == night.target_id][0]
-        page = write_report(out_dir / "products", None,
-                            target=(float(target["ra"]), float(target["dec"])))
-        summary.stage_notes.append(f"report with light curves -> {page}")
-    return summary
 
 
 def demo_overrides(catalog: Path) -> dict:

@@ -266,14 +266,22 @@ def test_field_dependent_fwhm():
 
 # --- a night -------------------------------------------------------------------------
 def test_night_has_the_transit_the_drift_and_the_files(tmp_path):
+    # a uniform disc: the flat bottom is rp^2 deep, and the middle exposure lies on it
     night = make_night(tmp_path, n_frames=9, shape=(128, 128), n_stars=25, seed=6,
-                       drift=(0.5, -0.3), jitter=0.0, transit_depth=0.02,
-                       variable_amplitude=0.1, transparency_variation=0.0,
-                       seeing_variation=0.0)
+                       drift=(0.5, -0.3), jitter=0.0, transit_rp=np.sqrt(0.02),
+                       limb_darkening=(), variable_amplitude=0.1,
+                       transparency_variation=0.0, seeing_variation=0.0)
     lc = night.lightcurve
     depth = 1 - lc["target_rel_flux"].min()
     assert depth == pytest.approx(0.02, rel=1e-6)                  # full depth mid-transit
+    assert lc.meta["transit_depth"] == pytest.approx(0.02, rel=1e-6)
     assert lc["target_rel_flux"][0] == 1.0 and lc["target_rel_flux"][-1] == 1.0
+    span = lc["mjd_mid"][-1] - lc["mjd_mid"][0] + 60 / 86400
+    assert lc.meta["transit_duration_d"] == pytest.approx(span / 2, rel=1e-6)
+    # limb darkening makes the centre deeper than rp^2 and rounds the bottom
+    limb = make_night(n_frames=9, shape=(64, 64), n_stars=5, seed=6, keep_frames=False,
+                      transit_rp=np.sqrt(0.02)).lightcurve
+    assert limb.meta["transit_depth"] > 0.02 and np.sum(limb["target_rel_flux"] < 1) >= 3
     assert np.ptp(lc["variable_rel_flux"]) > 0.05
     # the image itself carries the transit: noiseless light around the target
     inside, outside = int(np.argmin(lc["target_rel_flux"])), 0

@@ -146,7 +146,8 @@ def run(
 
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", "-o", help="Output folder."),
-    n_frames: int = typer.Option(6, "--frames", help="Frames in the simulated night."),
+    n_frames: Optional[int] = typer.Option(
+        None, "--frames", min=1, help="Frames in the simulated night (default 80)."),
     size: int = typer.Option(512, "--size", help="Frame size in pixels."),
     seed: int = typer.Option(1, "--seed"),
     workers: Optional[int] = typer.Option(
@@ -158,14 +159,16 @@ def demo(
     scheduler: Optional[str] = typer.Option(
         None, "--scheduler", help="Dask scheduler tcp://HOST:PORT (default: a local cluster)."),
 ):
-    """Simulate a night and run every stage that exists so far on it."""
+    """Simulate a night with a transit and a variable, run every stage, fit the transit."""
     from ..batch import print_summary
-    from ..runner import run_demo
-    summary = run_demo(out, n_frames=n_frames, size=size, seed=seed, workers=workers,
-                       resume=resume, executor=executor, scheduler=scheduler,
-                       console=err_console)
-    print_summary(summary, console, err_console)
-    if summary.failed:
+    from ..demo import run_demo
+    run = run_demo(out, n_frames=n_frames, size=size, seed=seed, workers=workers,
+                   resume=resume, executor=executor, scheduler=scheduler,
+                   console=err_console)
+    print_summary(run.summary, console, err_console, max_notes=12)
+    for line in run.lines:
+        console.print(line, markup=False, soft_wrap=True)
+    if run.summary.failed:
         raise typer.Exit(code=1)
 
 

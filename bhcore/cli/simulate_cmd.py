@@ -38,7 +38,8 @@ def simulate(
     exptime: Annotated[float, typer.Option(help="Exposure time, s.")] = 60.0,
     cadence: Annotated[float, typer.Option(help="Seconds between exposure starts.")] = 90.0,
     drift: Annotated[float, typer.Option(help="Drift along x and y, px per frame.")] = 0.4,
-    transit_depth: Annotated[float, typer.Option(help="Transit depth of the target.")] = 0.01,
+    transit_rp: Annotated[float, typer.Option(
+        help="Planet-to-star radius ratio of the target's transit.")] = 0.1,
     variable_amplitude: Annotated[float, typer.Option(
         help="Semi-amplitude of the variable star.")] = 0.05,
     wcs: Annotated[str, typer.Option(help="Header WCS: tan, tan-sip or none.")] = "tan",
@@ -60,7 +61,7 @@ def simulate(
             out, n_frames=n_frames, shape=(size, size), n_stars=n_stars, seed=seed,
             psf=psf, fwhm=fwhm, beta=beta, fwhm_gradient=fwhm_gradient, sky=sky,
             gain=gain, read_noise=read_noise, saturation=saturation, exptime=exptime,
-            cadence=cadence, drift=(drift, drift), transit_depth=transit_depth,
+            cadence=cadence, drift=(drift, drift), transit_rp=transit_rp,
             variable_amplitude=variable_amplitude,
             wcs="tan" if wcs == "none" else wcs, header_wcs=wcs != "none",
             start=start, keep_frames=False,
@@ -75,6 +76,7 @@ def simulate(
     summary.add_row("sky catalogue", "catalog.ecsv")
     summary.add_row("light-curve truth", "lightcurve.ecsv")
     console.print(summary)
-    console.print(f"target id {night.target_id} (transit depth {transit_depth:g}), "
+    depth = night.lightcurve.meta["transit_depth"]
+    console.print(f"target id {night.target_id} (transit depth {depth:.4f}), "
                   f"variable id {night.variable_id}; "
                   f"{len(night.catalog)} stars in the sky catalogue.")

@@ -4,9 +4,11 @@ Why an ensemble: transparency, extinction and exposure changes dim every star of
 frame by the same factor; dividing by a weighted mean of many comparison stars
 removes that factor with far less noise than one comparison star. Comparison stars
 are chosen automatically (well measured in nearly every frame, unflagged, not
-excluded) and weighted by their own stability: the inverse variance of each star's
-light curve against the ensemble of the others (leave-one-out), so a quietly
-variable comparison star loses its weight and is dropped once it stands out.
+excluded) and weighted by their own stability: the inverse variance from each
+star's errors, inflated by how much more its light curve scatters against the
+ensemble of the others (leave-one-out) than the errors of both predict, so a
+quietly variable comparison star loses its weight and is dropped once it stands
+out, while the brightest star, whose scatter is mostly the others' noise, is kept.
 
 Statistics per source, on the relative light curve in magnitudes: weighted mean,
 rms against the expected rms (from the errors), reduced chi-square, and Stetson's
@@ -79,29 +81,41 @@ def ensemble(flux, flux_err, comps, *, n_iter: int = 6, reject: float = 5.0):
     with np.errstate(divide="ignore", invalid="ignore"):
         norm = np.where(det, flux / np.nanmedian(np.where(det, flux, np.nan), axis=0), np.nan)
         rerr = np.where(det, err / flux, np.nan)
-    active = comps.copy()
-    weights = 1.0 / np.nanmedian(rerr[:, active], axis=0) ** 2 if active.size else np.zeros(0)
+    n_c = norm[:, comps]
+    present = np.isfinite(n_c)
+    own = np.nanmedian(rerr[:, comps], axis=0) ** 2
+    inside = np.ones(comps.size, bool)
+    weights = 1.0 / own
     for _ in range(n_iter):
-        if active.size < 2:
+        if inside.sum() < 2:
             break
-        n_c, w_c = norm[:, active], weights
-        present = np.isfinite(n_c)
-        s = np.where(present, n_c, 0.0) @ w_c
-        wsum = present.astype(float) @ w_c
-        loo = (s[:, None] - np.where(present, n_c * w_c, 0.0)) / (wsum[:, None] - w_c * present)
+        # every candidate against the ensemble of the others in it; those left out
+        # are judged again each round, so a good star dropped while a variable one
+        # (the target, say) still distorted the ensemble comes back once it is out
+        w_in = np.where(inside, weights, 0.0)
+        s = np.where(present, n_c, 0.0) @ w_in
+        wsum = present.astype(float) @ w_in
+        e_w = np.where(present, n_c * rerr[:, comps], 0.0) * w_in     # weighted abs errors
+        loo_w = wsum[:, None] - w_in * present
+        loo = (s[:, None] - np.where(present, n_c * w_in, 0.0)) / loo_w
+        # the scatter against the others holds their noise too: judged by its own
+        # error alone, the brightest star (whose scatter is mostly the others')
+        # looked unstable and the best comparison star was dropped
+        loo_var = ((e_w**2).sum(axis=1)[:, None] - e_w**2) / loo_w**2 / loo**2
         ratio = n_c / loo
         ratio /= np.nanmedian(ratio, axis=0)
-        var = np.array([_mad(ratio[:, k]) ** 2 for k in range(active.size)])
-        floor = np.nanmedian(rerr[:, active], axis=0) ** 2
-        var = np.maximum(np.nan_to_num(var, nan=np.inf), 0.25 * floor)
-        excess = var / floor
-        cut = max(np.nanmedian(excess) + reject * _mad(excess), 2.0)
+        var = np.array([_mad(ratio[:, k]) ** 2 for k in range(comps.size)])
+        expected = own + np.nanmedian(np.where(present, loo_var, np.nan), axis=0)
+        excess = np.nan_to_num(var / expected, nan=np.inf)
+        cut = max(np.median(excess[inside]) + reject * _mad(excess[inside]), 2.0)
         keep = excess <= cut
-        new_w = 1.0 / var
-        if keep.all() and np.allclose(new_w, weights, rtol=0.02):
-            weights = new_w
+        new_w = 1.0 / (own * np.maximum(excess, 1.0))    # own error, inflated by any excess
+        done = np.array_equal(keep, inside) and np.allclose(new_w[keep], weights[keep],
+                                                            rtol=0.02)
+        inside, weights = keep, new_w
+        if done:
             break
-        active, weights = active[keep], new_w[keep]
+    active, weights = comps[inside], weights[inside]
     info = {"comparisons": active, "weights": weights}
     if active.size == 0:
         nan = np.full_like(flux, np.nan)

@@ -8,8 +8,10 @@ all frames; each frame's pointing (CRVAL) follows the drift while the optics (FW
 pattern, distortion) stay fixed to the detector, as in a real camera.
 
 Light-curve truth is the relative flux averaged over each exposure (what ideal
-differential photometry measures, transparency divided out). Times are UTC MJD at
-mid-exposure; no barycentric correction is applied (t0 is in the same time frame).
+differential photometry measures, transparency divided out). The transit is a
+Mandel-Agol model with quadratic limb darkening (the model fitters use), so a fit
+can be judged against the injected parameters. Times are UTC MJD at mid-exposure;
+no barycentric correction is applied (t0 is in the same time frame).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import numpy as np
 from astropy.coordinates import Angle
 from astropy.table import Table
 
+from ..lightcurves.transit import total_duration, transit_model
 from .synthetic import (DEFAULT_CENTER, DEFAULT_DATE, StarField, _magnitudes, _mjd,
                         make_star_field, make_wcs, write_table)
 
@@ -40,12 +43,10 @@ class Night:
     out_dir: Path | None = None
 
 
-def trapezoid_transit(t, t0: float, duration: float, ingress: float, depth: float):
-    """Relative flux of a trapezoid transit (no limb darkening); times in days."""
-    dt = np.abs(np.asarray(t, float) - t0)
-    half = duration / 2.0
-    shape = np.clip((half - dt) / max(ingress, 1e-12), 0.0, 1.0)
-    return 1.0 - depth * shape
+def semi_major_axis_for(duration: float, period: float, rp: float, b: float) -> float:
+    """Scaled semi-major axis a/R* giving a transit of ``duration`` (T14, days)."""
+    s = np.sin(np.pi * min(duration / period, 0.5))
+    return float(np.sqrt(b**2 + max((1 + rp) ** 2 - b**2, 1e-12) / s**2))
 
 
 def sinusoid(t, t_ref: float, period: float, amplitude: float):
@@ -65,9 +66,10 @@ def make_night(out_dir: str | Path | None = None, n_frames: int = 20, shape=(512
                start: str = DEFAULT_DATE, exptime: float = 60.0, cadence: float = 90.0,
                drift=(0.4, 0.25), jitter: float = 0.15, fwhm: float = 3.0,
                seeing_variation: float = 0.08, transparency_variation: float = 0.02,
-               target_flux: float = 1.5e5, transit_depth: float = 0.01,
-               transit_t0: float | None = None, transit_duration: float | None = None,
-               transit_ingress: float | None = None, variable_flux: float = 8e4,
+               target_flux: float = 1.5e5, transit_rp: float = 0.1,
+               transit_a: float | None = None, transit_b: float = 0.3,
+               transit_t0: float | None = None, transit_period: float = 2.0,
+               limb_darkening=(0.4, 0.25), variable_flux: float = 8e4,
                variable_amplitude: float = 0.05, variable_period: float | None = None,
                filter_name: str = "V", object_name: str = "SIM-TRANSIT",
                telescope: str = "BHCORE-SIM", seed=None, keep_frames: bool = True,
@@ -80,7 +82,11 @@ def make_night(out_dir: str | Path | None = None, n_frames: int = 20, shape=(512
     (correlated frame to frame); ``transparency_variation`` rms of the extinction
     (clouds only dim). The target (id 1) sits at the detector centre at mid-night,
     the variable (id 2) off-centre; both are kept clear of neighbours (5 FWHM).
-    Transit times are MJD (UTC); defaults centre a transit of half the run.
+    Transit: radius ratio ``transit_rp``, a/R* ``transit_a`` (default: the value
+    that makes T14 half the run), impact parameter ``transit_b``, mid-time
+    ``transit_t0`` (MJD UTC, default mid-run), ``transit_period`` (days) and
+    quadratic ``limb_darkening`` (empty: uniform disc). ``lightcurve.meta`` records
+    them and the true depth (deepest fractional dip, before exposure averaging).
     Other keywords (psf, beta, fwhm_gradient, gain, read_noise, sky, saturation,
     flux_range, mag_range, zero_point, ...) go to :func:`make_star_field`.
     """
@@ -105,12 +111,14 @@ def make_night(out_dir: str | Path | None = None, n_frames: int = 20, shape=(512
     mjd_start = np.array([_mjd(s) for s in starts])
     span = ((n_frames - 1) * cadence + exptime) / 86400.0
     t0 = mjd_start[0] + span / 2.0 if transit_t0 is None else transit_t0
-    duration = 0.5 * span if transit_duration is None else transit_duration
-    ingress = 0.15 * duration if transit_ingress is None else transit_ingress
+    a_rs = (semi_major_axis_for(0.5 * span, transit_period, transit_rp, transit_b)
+            if transit_a is None else float(transit_a))
+    shape_pars = (transit_period, transit_rp, a_rs, transit_b, tuple(limb_darkening))
     period = 0.8 * span if variable_period is None else variable_period
 
     def transit(t):
-        return trapezoid_transit(t, t0, duration, ingress, transit_depth)
+        t = np.asarray(t, float)
+        return transit_model(t.ravel(), t0, *shape_pars).reshape(t.shape)
 
     def variable(t):
         return sinusoid(t, mjd_start[0], period, variable_amplitude)
@@ -195,9 +203,13 @@ def make_night(out_dir: str | Path | None = None, n_frames: int = 20, shape=(512
         "target_rel_flux": target_rel, "variable_rel_flux": variable_rel,
         "target_flux": target_flux * transparency * target_rel,
         "variable_flux": variable_flux * transparency * variable_rel})
-    lightcurve.meta.update({"transit_t0_mjd": float(t0), "transit_duration_d": float(duration),
-                            "transit_ingress_d": float(ingress),
-                            "transit_depth": float(transit_depth),
+    lightcurve.meta.update({"transit_t0_mjd": float(t0), "transit_period_d": float(transit_period),
+                            "transit_rp": float(transit_rp), "transit_a": a_rs,
+                            "transit_b": float(transit_b),
+                            "limb_darkening": [float(u) for u in limb_darkening],
+                            "transit_depth": float(1.0 - transit([t0])[0]),
+                            "transit_duration_d": total_duration(transit_period, transit_rp,
+                                                                 a_rs, transit_b),
                             "variable_period_d": float(period),
                             "variable_amplitude": float(variable_amplitude),
                             "variable_t_ref_mjd": float(mjd_start[0]),
