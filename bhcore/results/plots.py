@@ -119,6 +119,9 @@ def transit_plot(time, flux, flux_err, fit, path) -> Path:
         top.plot(hours[~used], rel[~used], "x", color="tab:red", label="rejected")
     top.plot((grid - fit.t0) * 24.0, fit.model(grid, with_baseline=False), color="tab:blue",
              label="model")
+    centres, means, errors = _binned(hours[used], rel[used], err[used], width=1 / 6)
+    top.errorbar(centres, means, errors, fmt="o", color="k", ms=4, lw=1,
+                 label="10-min bins")
     resid = rel - fit.model(t, with_baseline=False)
     bottom.errorbar(hours[used], resid[used], err[used], fmt=".", color="0.6", lw=0.5, ms=3)
     bottom.axhline(0.0, color="tab:blue")
@@ -130,3 +133,17 @@ def transit_plot(time, flux, flux_err, fit, path) -> Path:
     top.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return save(fig, path)
+
+
+def _binned(x, y, err, width: float):
+    """Inverse-variance means of ``y`` in bins of ``width`` along ``x`` (empty bins out)."""
+    edges = np.arange(np.nanmin(x), np.nanmax(x) + width, width)
+    k = np.digitize(x, edges)
+    centres, means, errors = [], [], []
+    for i in np.unique(k):
+        m = k == i
+        w = 1.0 / err[m] ** 2
+        centres.append(float(np.mean(x[m])))
+        means.append(float(np.sum(w * y[m]) / np.sum(w)))
+        errors.append(float(np.sum(w) ** -0.5))
+    return np.array(centres), np.array(means), np.array(errors)
