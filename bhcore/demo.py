@@ -102,11 +102,13 @@ def describe(run: DemoRun) -> list[str]:
     lines = []
     if run.fit is not None:
         fit = run.fit
-        depth = meta["transit_depth"]
+        depth, dip = meta["transit_depth"], meta["transit_dip"]
         dt = (fit.t0 - meta["transit_t0_mjd"]) * 1440.0
-        lines.append(f"transit of the target: depth {fit.depth * 100:.3f} ± "
+        lines.append(f"transit of the target: depth (Rp/R*)^2 {fit.depth * 100:.3f} ± "
                      f"{fit.depth_err * 100:.3f} % (simulated {depth * 100:.3f} %, off by "
-                     f"{(fit.depth - depth) / depth * 100:+.1f} %)")
+                     f"{(fit.depth - depth) / depth * 100:+.1f} %); deepest dip "
+                     f"{fit.dip * 100:.3f} ± {fit.dip_err * 100:.3f} % (simulated "
+                     f"{dip * 100:.3f} %, off by {(fit.dip - dip) / dip * 100:+.1f} %)")
         lines.append(f"  mid-time MJD {fit.t0:.5f} ± {fit.t0_err * 1440:.2f} min (simulated "
                      f"{meta['transit_t0_mjd']:.5f}, off by {dt:+.2f} min); rp "
                      f"{fit.values['rp']:.4f} (simulated {meta['transit_rp']:.4f}), "

@@ -76,7 +76,8 @@ def simulate(
     summary.add_row("sky catalogue", "catalog.ecsv")
     summary.add_row("light-curve truth", "lightcurve.ecsv")
     console.print(summary)
-    depth = night.lightcurve.meta["transit_depth"]
-    console.print(f"target id {night.target_id} (transit depth {depth:.4f}), "
+    depth, dip = night.lightcurve.meta["transit_depth"], night.lightcurve.meta["transit_dip"]
+    console.print(f"target id {night.target_id} (transit depth (Rp/R*)^2 {depth:.4f}, "
+                  f"deepest dip {dip:.4f}), "
                   f"variable id {night.variable_id}; "
                   f"{len(night.catalog)} stars in the sky catalogue.")

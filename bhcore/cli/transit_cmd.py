@@ -91,6 +91,7 @@ def transit(
     if as_json:
         console.print_json(json.dumps({
             "t0": fit.t0, "t0_err": fit.t0_err, "depth": fit.depth, "depth_err": fit.depth_err,
+            "dip": fit.dip, "dip_err": fit.dip_err,
             "duration_d": fit.duration, "values": fit.values, "errors": fit.errors,
             "chi2_red": fit.chi2_red, "rms_out": fit.rms_out, "n_points": fit.n_points,
             "n_rejected": fit.n_rejected}))

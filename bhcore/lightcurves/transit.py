@@ -12,6 +12,11 @@ fixed values come from the caller, e.g. a published ephemeris), times a polynomi
 baseline in time that absorbs the slow trends differential photometry leaves.
 Errors come from the Jacobian, scaled by the reduced chi-square when it exceeds one;
 points more than ``clip`` sigma from the model are rejected and the fit repeated.
+
+Two depths are reported: ``depth`` = (Rp/R*)^2, the transit depth of the usual
+convention (catalogues, EXOTIC and most papers quote it), and ``dip``, the deepest
+fractional dip of the fitted model, which limb darkening makes larger than
+(Rp/R*)^2 (by ~20 % in red light). Compare like with like.
 """
 from __future__ import annotations
 
@@ -65,8 +70,10 @@ class TransitFit:
 
     values: dict[str, float]
     errors: dict[str, float]
-    depth: float                 # deepest fractional dip of the model (limb darkening included)
+    depth: float                 # (Rp/R*)^2
     depth_err: float
+    dip: float                   # deepest fractional dip of the model (limb darkening included)
+    dip_err: float
     duration: float              # T14 in days
     chi2_red: float
     n_points: int
@@ -99,8 +106,9 @@ class TransitFit:
 
     def summary(self) -> str:
         e = self.errors
-        return (f"t0 {self.t0:.5f} ± {self.t0_err * 1440:.1f} min, depth "
-                f"{self.depth * 100:.2f} ± {self.depth_err * 100:.2f} %, rp "
+        return (f"t0 {self.t0:.5f} ± {self.t0_err * 1440:.1f} min, depth (Rp/R*)^2 "
+                f"{self.depth * 100:.2f} ± {self.depth_err * 100:.2f} %, deepest dip "
+                f"{self.dip * 100:.2f} ± {self.dip_err * 100:.2f} %, rp "
                 f"{self.values['rp']:.4f} ± {e.get('rp', 0):.4f}, T14 {self.duration * 24:.2f} h, "
                 f"chi2/dof {self.chi2_red:.2f}, out-of-transit rms {self.rms_out * 100:.2f} % "
                 f"({self.n_points} points, {self.n_rejected} rejected)")
@@ -170,24 +178,30 @@ def fit_transit(time, flux, flux_err, period: float, t0: float, *, rp: float = 0
     shape, poly = unpack(p0)
     errors = {k: float(np.sqrt(max(cov[i, i], 0.0))) for i, k in enumerate(free)}
 
-    def depth_of(p):
+    def dip_of(p):
         s, _ = unpack(p)
         return 1.0 - float(transit_model([s["t0"]], s["t0"], period, s["rp"], s["a"],
                                          s["b"], limb_darkening)[0])
 
-    depth = depth_of(p0)
-    grad = np.zeros(len(p0))
-    for i in range(len(free)):
-        step = max(abs(p0[i]) * 1e-6, 1e-8)
-        dp = p0.copy()
-        dp[i] += step
-        grad[i] = (depth_of(dp) - depth) / step
-    depth_err = float(np.sqrt(max(grad @ cov @ grad, 0.0)))
+    def propagated(func):
+        """Value and 1-sigma error of ``func(p)`` through the covariance."""
+        value = func(p0)
+        grad = np.zeros(len(p0))
+        for i in range(len(free)):
+            step = max(abs(p0[i]) * 1e-6, 1e-8)
+            dp = p0.copy()
+            dp[i] += step
+            grad[i] = (func(dp) - value) / step
+        return value, float(np.sqrt(max(grad @ cov @ grad, 0.0)))
+
+    depth, depth_err = propagated(lambda p: unpack(p)[0]["rp"] ** 2)
+    dip, dip_err = propagated(dip_of)
     duration = total_duration(period, shape["rp"], shape["a"], shape["b"])
     resid = norm(f) / model(p0, t) - 1.0
     inside = np.abs(t - shape["t0"]) < duration / 2
     rms = lambda m: float(np.std(resid[m], ddof=1)) if m.sum() > 1 else float("nan")  # noqa
     return TransitFit(values=shape, errors=errors, depth=depth, depth_err=depth_err,
+                      dip=dip, dip_err=dip_err,
                       duration=duration, chi2_red=chi2_red, n_points=int(used.sum()),
                       n_rejected=int(good.sum() - used.sum()), rms_out=rms(used & ~inside),
                       rms_in=rms(used & inside), baseline=np.asarray(poly) * f_scale,

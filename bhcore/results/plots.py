@@ -128,7 +128,8 @@ def transit_plot(time, flux, flux_err, fit, path) -> Path:
     top.set_ylabel("relative flux (detrended)")
     bottom.set_ylabel("residual")
     bottom.set_xlabel(f"hours from mid-transit (BJD_TDB {fit.t0:.5f})")
-    top.set_title(f"depth {fit.depth * 100:.2f} ± {fit.depth_err * 100:.2f} %, "
+    top.set_title(f"(Rp/R*)² {fit.depth * 100:.2f} ± {fit.depth_err * 100:.2f} %, dip "
+                  f"{fit.dip * 100:.2f} %, "
                   f"mid-time ± {fit.t0_err * 1440:.1f} min, chi2/dof {fit.chi2_red:.2f}")
     top.legend(loc="lower left", fontsize=8)
     fig.tight_layout()

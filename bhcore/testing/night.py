@@ -86,7 +86,8 @@ def make_night(out_dir: str | Path | None = None, n_frames: int = 20, shape=(512
     that makes T14 half the run), impact parameter ``transit_b``, mid-time
     ``transit_t0`` (MJD UTC, default mid-run), ``transit_period`` (days) and
     quadratic ``limb_darkening`` (empty: uniform disc). ``lightcurve.meta`` records
-    them and the true depth (deepest fractional dip, before exposure averaging).
+    them, the true depth ``transit_depth`` = rp^2 and ``transit_dip``, the deepest
+    fractional dip (before exposure averaging).
     Other keywords (psf, beta, fwhm_gradient, gain, read_noise, sky, saturation,
     flux_range, mag_range, zero_point, ...) go to :func:`make_star_field`.
     """
@@ -207,7 +208,8 @@ def make_night(out_dir: str | Path | None = None, n_frames: int = 20, shape=(512
                             "transit_rp": float(transit_rp), "transit_a": a_rs,
                             "transit_b": float(transit_b),
                             "limb_darkening": [float(u) for u in limb_darkening],
-                            "transit_depth": float(1.0 - transit([t0])[0]),
+                            "transit_depth": float(transit_rp) ** 2,
+                            "transit_dip": float(1.0 - transit([t0])[0]),
                             "transit_duration_d": total_duration(transit_period, transit_rp,
                                                                  a_rs, transit_b),
                             "variable_period_d": float(period),
