@@ -18,7 +18,9 @@ from astropy.table import Table
 
 from ..errors import BhError
 from .crossmatch import crossmatch, tangent_plane
-from .ensemble import choose_comparisons, ensemble, flag_variables, quiet, variability
+from .ensemble import (MAG_PER_FLUX, choose_comparisons, ensemble, flag_variables, quiet,
+                       variability)
+from .noise import gain_from_scatter, rebuilt_errors
 
 CUBE_COLUMNS = ("flux", "flux_err", "mag", "mag_err", "mag_inst", "mag_inst_err", "ra",
                 "dec", "pos_err", "flags", "x", "y", "fwhm", "id")
@@ -108,6 +110,10 @@ class LightCurves:
         out.meta.update(source_id=int(src["source_id"]), ra=float(src["ra"]),
                         dec=float(src["dec"]), time_scale="mjd: UTC mid-exposure; "
                         "bjd_tdb: JD (TDB) at the barycentre, for the frame's target")
+        if "gain_measured" in self.meta:
+            out.meta["gain_measured"] = dict(self.meta["gain_measured"], note=(
+                "the camera's gain is unknown: flux errors rebuilt with the gain and "
+                "noise floor measured from the comparison stars' scatter"))
         return out
 
     @quiet
@@ -164,6 +170,10 @@ def build(frames: Table, meas: Table, *, radius_arcsec: float = 2.0,
     options = dict(min_coverage=min_coverage, min_snr=min_snr, max_comp=max_comp)
     comps = choose_comparisons(flux, ferr, flags, excluded, **options)
     rel, rel_err, info = ensemble(flux, ferr, comps)
+    noise = _measure_unknown_gain(frames, cube, rel, info["comparisons"])
+    if noise is not None:                          # errors rebuilt: the ensemble again
+        ferr = cube["flux_err"]
+        rel, rel_err, info = ensemble(flux, ferr, comps)
     clean = np.ones(flux.shape, bool) if flags is None else (np.nan_to_num(flags) == 0)
     stats = variability(np.where(clean, rel, np.nan), rel_err, frames["mjd"])
     well = np.zeros(n_s, bool)
@@ -179,7 +189,36 @@ def build(frames: Table, meas: Table, *, radius_arcsec: float = 2.0,
     sources = _sources_table(ra, dec, cube, stats, variable, excluded, info)
     meta = {"match_radius_arcsec": radius_arcsec, "n_comparisons": int(info["comparisons"].size),
             "thresholds": thresholds, "ensemble": info["ensemble"]}
+    if noise is not None:
+        meta["gain_measured"] = {k: v for k, v in noise.items()
+                                 if k not in ("rows", "assumed_inv")}
     return LightCurves(frames=frames, sources=sources, cube=cube, meta=meta)
+
+
+@quiet
+def _measure_unknown_gain(frames: Table, cube: dict, rel, comps) -> dict | None:
+    """When frames carry an assumed gain, measure it (``noise``) and rebuild the errors
+    of flux and magnitudes in ``cube``; returns the measurement, or None."""
+    if not {"gain_used", "gain_known"} <= set(frames.colnames):
+        return None
+    known = np.asarray(frames["gain_known"], float)
+    unknown = np.isfinite(known) & (known == 0)
+    if not unknown.any():
+        return None
+    flux, old = cube["flux"], cube["flux_err"]
+    fit = gain_from_scatter(flux, old, rel, comps, np.asarray(frames["gain_used"], float),
+                            unknown)
+    if fit is None or not np.isfinite(fit["gain"]):
+        return None
+    new = rebuilt_errors(flux, old, fit)
+    cube["flux_err"] = new
+    if "mag_inst_err" in cube:
+        inst_new = MAG_PER_FLUX * new / flux
+        if "mag_err" in cube:
+            extra = np.clip(cube["mag_err"] ** 2 - cube["mag_inst_err"] ** 2, 0.0, None)
+            cube["mag_err"] = np.sqrt(extra + inst_new ** 2)
+        cube["mag_inst_err"] = inst_new
+    return fit
 
 
 @quiet
@@ -240,6 +279,7 @@ def from_results(db, *, save: bool = False, **options) -> LightCurves:
     rows = [f for f in db.frames() if f.id in set(np.unique(meas["frame_id"]).tolist())]
     rows = [f for f in rows if f.mjd is not None]
     frames = frame_rows_table(rows)
+    _gain_columns(frames, rows)
     index = {int(fid): k for k, fid in enumerate(frames["id"])}
     keep = np.array([int(f) in index for f in meas["frame_id"]])
     meas = meas[keep]
@@ -257,6 +297,18 @@ def from_results(db, *, save: bool = False, **options) -> LightCurves:
             db.set_sources(_db_sources(lcs.sources), mids[f_idx, s_idx].astype(int), s_idx)
     lcs.meta["results_url"] = db.url
     return lcs
+
+
+def _gain_columns(frames: Table, rows) -> None:
+    """``gain_used`` (e/ADU the engine assumed; 0: no photon term) and ``gain_known``
+    (1/0) of each frame, from its stored quality figures (NaN when not recorded)."""
+    import json
+    used, known = [], []
+    for row in rows:
+        q = json.loads(row.quality_json or "{}")
+        used.append(np.nan if q.get("gain_used") is None else float(q["gain_used"]))
+        known.append(np.nan if q.get("gain_known") is None else float(bool(q["gain_known"])))
+    frames["gain_used"], frames["gain_known"] = np.array(used, float), np.array(known, float)
 
 
 def _db_sources(sources: Table) -> Table:

@@ -187,6 +187,12 @@ def frame_quality(frame, table, pixel_scale: float | None = None) -> dict[str, A
     if q.get("fwhm") is not None and pixel_scale:
         q["seeing"] = q["fwhm"] * pixel_scale
     q["has_wcs"] = frame.wcs is not None
+    # the gain the photometry assumed, and whether the camera's gain is known: light
+    # curves measure it from the night when it is not (bhcore.lightcurves.noise)
+    gain = _num(header.get("GAIN"))
+    q["gain_known"] = gain is not None and gain > 0
+    used = table.meta.get("gain") if table is not None else None
+    q["gain_used"] = _num(used) if used is not None else gain
     return q
 
 

@@ -64,7 +64,7 @@ def measure(frame, settings: Mapping[str, Any], *, name: str, version: str) -> S
         "backend": name, "backend_version": version, "fwhm_px": round(stats.fwhm, 4),
         "fwhm_source": "measured" if stats.fwhm_measured else
         ("settings" if settings.get("fwhm") else "default"),
-        "sky_sigma_adu": round(sigma, 4), "zeropoint": zmag,
+        "sky_sigma_adu": round(sigma, 4), "zeropoint": zmag, "gain": g.epadu,
         "aperture_radii_px": list(settings["aperture_radii"]),
         "psf_norm_radius_px": g.norm_radius, "psfrad_px": g.psfrad, "fitrad_px": g.fitrad,
         "function": settings["function"],

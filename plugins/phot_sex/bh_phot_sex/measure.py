@@ -37,7 +37,8 @@ def measure(frame, settings: Mapping[str, Any], *, name: str, version: str) -> S
     mode = settings["mode"]
     timeout = float(settings["timeout"])
     meta: dict[str, Any] = {"backend": name, "backend_version": version, "mode": mode,
-                            "aperture_radii_px": radii, "zeropoint": settings["zeropoint"]}
+                            "aperture_radii_px": radii, "zeropoint": settings["zeropoint"],
+                            "gain": float(settings.get("gain") or 0.0)}   # 0: no photon term
     if frame.data.ndim != 2 or frame.data.size == 0:
         raise PhotometryError("frame has no 2-D pixel data", path=frame.path, backend=name)
     with private_workdir(prefix="bh-phot-sex-") as work:
