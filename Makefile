@@ -10,7 +10,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc make \
 	source-extractor psfex scamp swarp wcstools astrometry.net \
 	astrometry-data-tycho2-08-littleendian astrometry-data-tycho2-09-littleendian \
 	astrometry-data-tycho2-10-19-littleendian iraf iraf-noao \
-	chromium chromium-driver
+	chromium chromium-driver postgresql
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: install engines venv demo test bench clean-venv

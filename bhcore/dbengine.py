@@ -10,19 +10,30 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import zlib
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 
 def open_engine(url: str, busy_timeout_s: float = 60.0) -> Engine:
-    """An engine for ``url``; raises SQLAlchemy's ArgumentError/NoSuchModuleError,
-    ValueError for a malformed URL, OSError when the SQLite folder cannot be made."""
+    """An engine for ``url``; raises SQLAlchemy's ArgumentError/NoSuchModuleError
+    (also for a missing database driver), ValueError for a malformed URL, OSError
+    when the SQLite folder cannot be made.
+
+    A plain ``postgresql://`` URL means psycopg2 to SQLAlchemy; when psycopg2 is
+    absent but psycopg 3 is installed (our ``test`` extra installs psycopg 3) it is
+    opened with psycopg 3, so users need not know the ``postgresql+psycopg://`` form.
+    """
     parsed = make_url(url)
+    if parsed.drivername == "postgresql" and not _importable("psycopg2") \
+            and _importable("psycopg"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
     kwargs: dict = {}
     sqlite = parsed.get_backend_name() == "sqlite"
     if sqlite:
@@ -32,10 +43,18 @@ def open_engine(url: str, busy_timeout_s: float = 60.0) -> Engine:
         else:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
             kwargs.update(connect_args={"timeout": busy_timeout_s})
-    engine = create_engine(parsed, **kwargs)
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except ImportError as exc:          # the dialect is known, its driver not installed
+        raise NoSuchModuleError(f"database driver for {parsed.drivername!r} is not "
+                                f"installed ({exc})") from None
     if sqlite:
         event.listen(engine, "connect", _sqlite_foreign_keys)
     return engine
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
 
 
 def _sqlite_foreign_keys(dbapi_connection, _record) -> None:

@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from sqlalchemy import (Column, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Table, Text, func, inspect, text)
+from sqlalchemy import (Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        String, Table, Text, func, inspect, text)
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlmodel import Session, delete, select
@@ -113,10 +113,16 @@ def m001_create_tables(conn: Connection) -> None:
 def m002_camera_provenance(conn: Connection) -> None:
     """Camera: where the obs.info came from and when it was stored."""
     present = {column["name"] for column in inspect(conn).get_columns("camera")}
-    if "source_path" not in present:
-        conn.execute(text("ALTER TABLE camera ADD COLUMN source_path VARCHAR"))
-    if "updated_at" not in present:
-        conn.execute(text("ALTER TABLE camera ADD COLUMN updated_at DATETIME"))
+    for name, type_ in (("source_path", String()), ("updated_at", DateTime())):
+        if name not in present:
+            _add_column(conn, "camera", name, type_)
+
+
+def _add_column(conn: Connection, table: str, name: str, type_) -> None:
+    """ALTER TABLE ADD COLUMN with the type spelled by this database's dialect
+    (PostgreSQL has no DATETIME, it is TIMESTAMP there)."""
+    spelled = type_.compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {spelled}"))
 
 
 @migration
@@ -125,6 +131,12 @@ def m003_camera_backend_order(conn: Connection) -> None:
     table = Table("camera_backend", MetaData(), autoload_with=conn)
     Index("uq_camera_backend_position", table.c.camera_id, table.c.stage, table.c.position,
           unique=True).create(conn, checkfirst=True)
+
+
+def _utcnow() -> datetime:
+    """UTC as a naive datetime: the columns are TIMESTAMP WITHOUT TIME ZONE, and
+    PostgreSQL would shift an aware value to the server's own time zone."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def applied_migrations(engine: Engine) -> list[str]:
@@ -147,7 +159,7 @@ def migrate(engine: Engine) -> list[str]:
         with engine.begin() as conn:
             step(conn)
             conn.execute(SchemaMigration.__table__.insert().values(
-                name=name, applied_at=datetime.now(timezone.utc)))
+                name=name, applied_at=_utcnow()))
         log.info("registry migration applied: %s", name)
         applied.append(name)
     return applied
@@ -222,7 +234,7 @@ class Registry:
                 camera.obsinfo_text = obsinfo.text
                 camera.observatory_id = site.id
                 camera.source_path = obsinfo.path
-                camera.updated_at = datetime.now(timezone.utc)
+                camera.updated_at = _utcnow()
                 session.add(camera)
                 session.flush()
                 session.exec(delete(CameraBackend).where(CameraBackend.camera_id == camera.id))
@@ -322,8 +334,10 @@ class Registry:
             return session.exec(select(func.count()).select_from(Camera)).one()
 
     def onames(self) -> list[str]:
+        """Sorted by code point in Python: a server's collation (PostgreSQL's en_US
+        folds case and skips punctuation) must not change the order."""
         with Session(self.engine) as session:
-            return list(session.exec(select(Camera.oname).order_by(Camera.oname)))
+            return sorted(session.exec(select(Camera.oname)))
 
     def list(self) -> list[dict]:
         """One summary dict per camera, sorted by ONAME (East-positive longitude)."""
@@ -336,7 +350,8 @@ class Registry:
                 backends.setdefault(row.camera_id, {}).setdefault(row.stage, []).append(
                     row.backend)
             out = []
-            for cam in session.exec(select(Camera).order_by(Camera.oname)):
+            cameras = sorted(session.exec(select(Camera)), key=lambda c: c.oname)
+            for cam in cameras:                 # sorted here, as in onames()
                 site = sites.get(cam.observatory_id)
                 out.append({
                     "oname": cam.oname,

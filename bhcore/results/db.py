@@ -57,11 +57,14 @@ MIGRATIONS = [("r001_create_tables", lambda conn: ResultsBase.metadata.create_al
 
 
 def _clean(value):
-    """Database-friendly scalar: numpy -> python, NaN/inf -> None."""
+    """Database-friendly scalar: numpy -> python, NaN/inf -> None, and no NUL
+    characters in text (a broken header may carry them; PostgreSQL refuses them)."""
     if isinstance(value, (np.generic,)):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "")
     return value
 
 
@@ -214,11 +217,14 @@ class ResultsDB:
 
     # --- reading -----------------------------------------------------------------------
     def frames(self, status: str | None = None) -> list[FrameRow]:
+        """By MJD (frames without one first), then stem; sorted here, not by ORDER BY,
+        because databases disagree on where NULLs go and on how text collates."""
         with self.session() as s:
-            query = select(FrameRow).order_by(FrameRow.mjd, FrameRow.stem)
+            query = select(FrameRow)
             if status is not None:
                 query = query.where(FrameRow.status == status)
-            return list(s.exec(query).all())
+            rows = s.exec(query).all()
+        return sorted(rows, key=lambda f: (f.mjd is not None, f.mjd or 0.0, f.stem))
 
     def frame(self, stem: str) -> FrameRow | None:
         with self.session() as s:
