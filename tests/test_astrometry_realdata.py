@@ -20,7 +20,7 @@ import pytest
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
-from astropy.table import Table, vstack
+from astropy.table import Table
 from astropy.wcs import WCS
 
 from bhcore.errors import AstrometryNotSolved
@@ -119,39 +119,25 @@ def test_eyuma_thumbnail_against_the_reference_solution(shared_data):
     assert whole < 2.7 and central < 2.7                          # 0.3 px
 
 
-def eyuma_gaia_catalogue(shared_data, path):
-    """The field's two offline Gaia catalogues in one file: the ATLAS-RefCat2 cut (Gaia
-    DR2 at 2015.5 with proper motions; 187 stars, the central 20' only) and the Gaia
-    DR3 G<10 cut (epoch 2016.0, no proper motions; 8 stars, 5 in the frame, 2 of them
-    already in RefCat2, whose rows are kept). The file backend reads one file, and the
-    catalogue chain takes the first catalogue that answers, so they are joined here.
-    Neither is derived from the reference solution."""
-    refcat = Table.read(shared_data / "eyuma_feder" / "all_refcat2_ey_uma.ecsv")
-    bright = Table.read(shared_data / "catalogs" / "gaia_g10_eyuma.csv", format="ascii.csv",
-                        comment="#")
-    deep = Table({"source_id": [f"RefCat2 {i}" for i in range(len(refcat))],
-                  "ra": np.asarray(refcat["RA_ICRS"], float),
-                  "dec": np.asarray(refcat["DE_ICRS"], float),
-                  "pmra": np.asarray(refcat["pmRA"], float),
-                  "pmdec": np.asarray(refcat["pmDE"], float),
-                  "ref_epoch": np.full(len(refcat), 2015.5),
-                  "G": np.asarray(refcat["Gmag"], float)})
-    wide = Table({"source_id": [f"Gaia DR3 {i}" for i in bright["source_id"]],
-                  "ra": np.asarray(bright["ra_deg"], float),
-                  "dec": np.asarray(bright["dec_deg"], float),
-                  "pmra": np.full(len(bright), np.nan), "pmdec": np.full(len(bright), np.nan),
-                  "ref_epoch": np.full(len(bright), 2016.0),
-                  "G": np.asarray(bright["phot_g_mean_mag"], float)})
-    _, sep, _ = SkyCoord(wide["ra"], wide["dec"], unit="deg").match_to_catalog_sky(
-        SkyCoord(deep["ra"], deep["dec"], unit="deg"))
-    vstack([deep, wide[sep.arcsec > 2.0]]).write(path, overwrite=True)
-    return path
+def eyuma_gaia_settings(shared_data):
+    """The field's two offline Gaia catalogues, merged by the catalogue layer: the
+    ATLAS-RefCat2 cut (Gaia DR2 at 2015.5 with proper motions; 187 stars, the central
+    20' only) first, then the Gaia DR3 G<10 cut (epoch 2016.0, no proper motions; 8
+    stars, 5 in the frame, 2 of them already in RefCat2, whose rows are kept). One
+    ``file`` catalogue with two files, each with its own columns and epoch, and
+    ``catalog_merge``. Neither is derived from the reference solution."""
+    files = [{"path": str(shared_data / "eyuma_feder" / "all_refcat2_ey_uma.ecsv"),
+              "ref_epoch": 2015.5},
+             {"path": str(shared_data / "catalogs" / "gaia_g10_eyuma.csv"),
+              "ref_epoch": 2016.0, "columns": {"ra": "ra_deg", "dec": "dec_deg"}}]
+    return {"catalogs": ["file"], "catalog_merge": True, "offline": True,
+            "catalog_settings": {"file": {"files": files}}}
 
 
 @pytest.mark.parametrize("backend", [
     pytest.param("astrometry_nova", marks=needs_anet),
     pytest.param("astrometry_scamp", marks=needs_scamp)])
-def test_eyuma_source_list_against_the_reference_solution(shared_data, tmp_path, backend):
+def test_eyuma_source_list_against_the_reference_solution(shared_data, backend):
     """The 4k frame (38') against astrometry.net's whole-field TAN-SIP (order 2, index
     5200) solution. RefCat2 covers only x 620-2680, y 1280-3340: a distortion
     polynomial fitted there and extrapolated would be off by 0.5-0.7" (quadratic) or
@@ -172,19 +158,20 @@ def test_eyuma_source_list_against_the_reference_solution(shared_data, tmp_path,
     shape = (4096, 4109)
     frame = Frame(data=np.broadcast_to(np.float64(0.0), shape), header=header)
     reference = WCS(fits.getheader(folder / "wcs-sol-from-source-list-index-5200.fit"))
-    catalogue = eyuma_gaia_catalogue(shared_data, tmp_path / "eyuma_gaia.ecsv")
-    settings = {"catalogs": ["file"], "offline": True,
-                "catalog_settings": {"file": {"path": str(catalogue)}},
-                "pixel_scale_arcsec": 0.5627, "tycho_indexes": False, "rotation_deg": 20.5,
-                "flip": True}
+    settings = {**eyuma_gaia_settings(shared_data), "pixel_scale_arcsec": 0.5627,
+                "tycho_indexes": False, "rotation_deg": 20.5, "flip": True}
     result, _ = run_astrometry(frame, [backend], overrides=settings, sources=sources)
+    merged = {e["catalog"]: (e["stars"], e["kept"]) for e in result.notes["catalog_merge"]}
+    assert merged["file all_refcat2_ey_uma.ecsv"] == (187, 187)
+    assert merged["file gaia_g10_eyuma.csv"][1] == merged["file gaia_g10_eyuma.csv"][0] - 2
     whole = wcs_error_rms(reference, result.wcs, shape, step=128)
     central = rms_within(reference, result.wcs, shape, (2054, 2047.5), 960, step=64)
     order = (result.notes["distort_degree"] if backend == "astrometry_scamp"
              else result.notes["polish"]["order"])
     print(f"\nEY UMa source list (0.56\"/px), {backend} vs astrometry.net reference: "
           f"{central:.3f}\" central 18', {whole:.3f}\" whole frame; order {order}, fit RMS "
-          f"{result.rms_arcsec:.3f}\" over {result.n_matched} RefCat2 + Gaia G<10 stars")
+          f"{result.rms_arcsec:.3f}\" over {result.n_matched} RefCat2 + Gaia G<10 stars; "
+          f"merged: {result.notes['catalog_attempts'][0][1]}")
     assert order == 1
     assert central < 0.3 and whole < 0.3
 

@@ -265,3 +265,186 @@ def test_file_formats_and_mapping_errors(tmp_path):
     Table({"a": [1.0], "b": [2.0]}).write(tmp_path / "bare.ecsv")
     with pytest.raises(BhError, match="no RA/Dec columns"):
         ask("file", path=str(tmp_path / "bare.ecsv"))
+
+
+# --- several catalogues at once (astrometry's catalog_merge) ------------------------------
+def _at(east_arcsec=0.0, north_arcsec=0.0, center=CENTER):
+    """A position offset from ``center`` by small angles (arcsec)."""
+    c = center.icrs
+    return (c.ra.deg + east_arcsec / 3600.0 / math.cos(c.dec.radian),
+            c.dec.deg + north_arcsec / 3600.0)
+
+
+def _catalogue(path, stars, **extra):
+    """A user catalogue file: stars as (east", north", V)."""
+    ra, dec = zip(*[_at(e, n) for e, n, _v in stars])
+    Table({"ra": ra, "dec": dec, "V": [v for _e, _n, v in stars], **extra}).write(path)
+    return str(path)
+
+
+@pytest.fixture
+def two_files(tmp_path):
+    """a.ecsv: two stars; b.ecsv: a duplicate of a's first (0.6" off), a distinct star
+    3" from a's second, and a star of its own."""
+    a = _catalogue(tmp_path / "a.ecsv", [(0, 0, 10.0), (60, 0, 11.0)])
+    b = _catalogue(tmp_path / "b.ecsv", [(0.6, 0, 10.1), (60, 3, 12.0), (0, 120, 13.0)],
+                   flag=[1, 2, 3])
+    return a, b
+
+
+def _merged(files, **kw):
+    from bhcore.gaia_grid import load_reference
+    return load_reference(CENTER, 0.1, None, ["file"], {"offline": True},
+                          per_catalog={"file": {"files": [{"path": f} for f in files]}},
+                          merge=True, **kw)
+
+
+def test_merge_drops_duplicates_of_the_preferred_catalogue_and_names_each_source(two_files):
+    a, b = two_files
+    table, name, attempts = _merged([a, b])
+    assert name == "file" and len(table) == 4
+    assert list(table["catalog"]) == ["file a.ecsv"] * 2 + ["file b.ecsv"] * 2
+    centre = sky(table).separation(CENTER).arcsec < 1.0
+    assert centre.sum() == 1 and table["mag"][centre][0] == 10.0      # a's star, not b's
+    assert table.meta["merged"] == [{"catalog": "file a.ecsv", "stars": 2, "kept": 2},
+                                    {"catalog": "file b.ecsv", "stars": 3, "kept": 2}]
+    assert "file b.ecsv: 3 stars, 2 kept" in attempts[0][1]
+    # common columns only (b's 'flag' is not in a), the main band as 'mag'
+    assert "flag" not in table.colnames and "V" in table.colnames
+    assert table.meta["mag_band"] == "mag" and set(table["mag_band"]) == {"V"}
+    assert table["source_id"].dtype.kind == "U"
+    # the other order prefers b: its star near the centre stays, a's goes
+    table, _, _ = _merged([b, a])
+    centre = sky(table).separation(CENTER).arcsec < 1.0
+    assert len(table) == 4 and list(table["catalog"][centre]) == ["file b.ecsv"]
+    assert table["mag"][centre][0] == pytest.approx(10.1)
+
+
+def test_merge_radius_follows_the_quoted_position_errors():
+    from bhcore.gaia_grid import merge_catalogs
+
+    def cat(offsets, err):
+        ra, dec = zip(*[_at(e, 0) for e in offsets])
+        n = len(offsets)
+        return Table({"ra": ra, "dec": dec, "ra_err": [err] * n, "dec_err": [err] * n})
+
+    first = cat([0.0], 400.0)
+    # 1.5" apart: within 3 sigma of 400 mas errors on both (1.7"), beyond 1" without
+    assert len(merge_catalogs([("A", first), ("B", cat([1.5], 400.0))])) == 1
+    assert len(merge_catalogs([("A", cat([0.0], np.nan)), ("B", cat([1.5], np.nan))])) == 2
+    assert len(merge_catalogs([("A", cat([0.0], np.nan)), ("B", cat([0.9], np.nan))])) == 1
+    # huge errors never widen the radius beyond 2"
+    assert len(merge_catalogs([("A", cat([0.0], 5000.0)), ("B", cat([2.5], 5000.0))])) == 2
+    # stars of one catalogue are never merged with each other
+    assert len(merge_catalogs([("A", cat([0.0, 0.3], np.nan))])) == 2
+
+
+def test_merge_offline_skips_the_catalogue_that_cannot_answer(two_files):
+    from bhcore.gaia_grid import CatalogError, load_reference
+    a, _b = two_files
+    table, name, attempts = load_reference(
+        CENTER, 0.1, None, ["gaia", "file"], {"offline": True},
+        per_catalog={"file": {"path": a}}, merge=True)
+    assert name == "file" and len(table) == 2 and set(table["catalog"]) == {"file a.ecsv"}
+    assert attempts[0][0] == "gaia" and "offline" in attempts[0][1]
+    assert attempts[1] == ("file", "2 stars, merged (file a.ecsv: 2 stars, 2 kept)")
+    with pytest.raises(CatalogError) as err:           # nothing answers: every reason given
+        load_reference(CENTER, 0.1, None, ["gaia", "file"], {"offline": True},
+                       per_catalog={"file": {"path": a + ".missing"}}, merge=True)
+    assert "gaia: gaia: offline" in str(err.value) and "does not exist" in str(err.value)
+
+
+def test_merge_prefers_gaia_and_compares_positions_at_the_frame_epoch(server, tmp_path):
+    from bhcore.gaia_grid import load_reference
+    # the fast Gaia star (1000, -500 mas/yr from 2016) with the same motion in the file;
+    # Gaia's second star (5 mas/yr) without one; and a star of the file's own
+    path = tmp_path / "mine.ecsv"
+    Table({"ra": [31.2, 31.25, 31.3], "dec": [46.75, 46.8, 46.7], "V": [9.7, 13.0, 12.0],
+           "pmra": [1000.0, np.nan, np.nan], "pmdec": [-500.0, np.nan, np.nan]}).write(path)
+    table, name, attempts = load_reference(
+        CENTER, 0.2, Time(2026.0, format="jyear"), ["gaia", "file"], {},
+        per_catalog={"gaia": gaia_settings(server),
+                     "file": {"path": str(path), "ref_epoch": 2016.0}}, merge=True)
+    assert name == "gaia+file" and len(table) == 4
+    assert list(table["catalog"]) == ["Gaia DR3"] * 3 + ["file mine.ecsv"]
+    assert list(table["mag_band"]) == ["G"] * 3 + ["V"]
+    assert sky(table[-1:]).separation(SkyCoord(31.3 * u.deg, 46.7 * u.deg)).arcsec < 1e-6
+    assert "file mine.ecsv: 3 stars, 1 kept" in attempts[1][1]
+    assert table.meta["epoch"] == pytest.approx(2026.0)
+
+
+def test_file_backend_with_several_files(two_files, tmp_path):
+    a, b = two_files
+    far = _catalogue(tmp_path / "far.ecsv", [(0, 3600, 9.0)])      # 1 deg away
+    missing = str(tmp_path / "missing.ecsv")
+    files = [{"path": missing}, {"path": far}, {"path": a}, {"path": b}]
+    first = ask("file", radius=0.1, files=files)        # as a chain: the first that answers
+    assert len(first) == 2 and first.meta["catalog"] == "file a.ecsv"
+    assert "catalog" not in first.colnames
+    assert [t["catalog"] for t in first.meta["files_tried"]] == ["file missing.ecsv",
+                                                                 "file far.ecsv"]
+    merged = ask("file", radius=0.1, files=files, catalog_merge=True)
+    assert len(merged) == 4 and merged.meta["backend"] == "file"
+    assert [(e["catalog"], e["kept"]) for e in merged.meta["merged"]] == [
+        ("file a.ecsv", 2), ("file b.ecsv", 2), ("file missing.ecsv", 0),
+        ("file far.ecsv", 0)]
+    assert "does not exist" in merged.meta["merged"][2]["error"]
+    assert merged.meta["catalog"] == "file a.ecsv + file b.ecsv"
+    # path as a list: the files share the settings
+    assert len(ask("file", radius=0.1, path=[a, b], catalog_merge=True)) == 4
+    with pytest.raises(BhError, match="none of 2 files"):
+        ask("file", path=[missing, missing + "2"], catalog_merge=True)
+    with pytest.raises(BhError, match="invalid catalogue settings"):
+        ask("file", files=[{"columns": {}}])                # every file needs a path
+
+
+def test_each_file_has_its_own_columns_and_epoch(shared_data):
+    """The EY UMa pair: ATLAS-RefCat2 (Gaia DR2 at 2015.5, proper motions, central 20')
+    and the Gaia DR3 G<10 cut (2016.0, other column names): two of its stars in the
+    cone are RefCat2 stars, dropped; the rest fill the frame's edges."""
+    files = [{"path": str(shared_data / "eyuma_feder" / "all_refcat2_ey_uma.ecsv"),
+              "ref_epoch": 2015.5},
+             {"path": str(shared_data / "catalogs" / "gaia_g10_eyuma.csv"),
+              "ref_epoch": 2016.0, "columns": {"ra": "ra_deg", "dec": "dec_deg"}}]
+    center = SkyCoord(135.619 * u.deg, 49.786 * u.deg)
+    table = ask("file", center=center, radius=0.45, epoch=Time(2018.3, format="jyear"),
+                files=files, catalog_merge=True)
+    refcat, gaia = (table[table["catalog"] == f"file {n}"]
+                    for n in ("all_refcat2_ey_uma.ecsv", "gaia_g10_eyuma.csv"))
+    assert len(refcat) == 187 and len(gaia) == 6
+    assert {"G", "BP", "RP"} <= set(table.colnames)                # common to both files
+    moved = np.isclose(np.asarray(refcat["epoch"], float), 2018.3)   # each at its own
+    has_pm = np.isfinite(np.asarray(refcat["pmra"])) & np.isfinite(np.asarray(refcat["pmdec"]))
+    assert moved.sum() > 180 and np.array_equal(moved, has_pm)        # epoch: RefCat2 moved,
+    assert np.all(np.asarray(gaia["epoch"]) == 2016.0)                # the G<10 cut has no pm
+    _, sep, _ = sky(gaia).match_to_catalog_sky(sky(refcat))
+    assert sep.arcsec.min() > 2.0                                  # no duplicate left
+    assert table.meta["merged"][1] == {"catalog": "file gaia_g10_eyuma.csv", "stars": 8,
+                                       "kept": 6}
+
+
+def test_calibration_never_merges(two_files):
+    """Calibration needs one catalogue's photometry: the merge switch (unscoped, so it
+    reaches every backend) must not make the file backend merge its files there."""
+    from bhcore.results.stage import reference_catalogs
+    a, b = two_files
+    ra, dec = _at(0, 0)
+    sources = Table({"ra": [ra, ra + 0.01], "dec": [dec, dec + 0.01]})
+    overrides = {"catalog_merge": True, "file.files": [{"path": a}, {"path": b}]}
+    answers = list(reference_catalogs(None, sources, None, overrides, ["file"]))
+    assert len(answers) == 1
+    name, ref, _note = answers[0]
+    assert name == "file" and ref.meta["catalog"] == "file a.ecsv" and len(ref) == 2
+    assert "catalog" not in ref.colnames and "merged" not in ref.meta
+
+
+def test_catalog_merge_is_an_astrometry_setting_of_the_cascade():
+    from bhcore.pipeline import resolve_settings
+    from bhcore.plugins import plugin_info
+    for backend in ("astrometry_scamp", "astrometry_nova"):
+        info = plugin_info(load_plugins([backend]), backend)
+        assert resolve_settings(backend, info)["catalog_merge"] is False
+        assert resolve_settings(backend, info, overrides={"catalog_merge": True})[
+            "catalog_merge"] is True
+        scoped = resolve_settings(backend, info, overrides={f"{backend}.catalog_merge": True})
+        assert scoped["catalog_merge"] is True

@@ -67,7 +67,13 @@ def field_cone(frame, table) -> tuple[SkyCoord, float] | None:
 
 
 def reference_catalogs(frame, table, obs, overrides, names):
-    """Yield (name, table or None, note) for each catalogue backend, in order."""
+    """Yield (name, table or None, note) for each catalogue backend, in order.
+
+    Calibration never merges catalogues (the astrometry backends' ``catalog_merge``):
+    a zero point and colour term need one catalogue's photometric system, so each
+    catalogue is tried on its own, and a ``file`` catalogue with several files gives
+    its first file that has stars in the cone (``catalog_merge`` is forced off).
+    """
     cone = field_cone(frame, table)
     if cone is None:
         yield None, None, "no reference catalogue: the frame has no sky coordinates"
@@ -80,6 +86,7 @@ def reference_catalogs(frame, table, obs, overrides, names):
         try:
             pm = load_plugins([name])
             settings = resolve_settings(name, plugin_info(pm, name), obs, frame, overrides)
+            settings["catalog_merge"] = False          # one catalogue's photometry
             ref = call_backend(pm, "catalog", name, name=name, center=center,
                                radius_deg=radius, epoch=epoch, settings=settings)
         except BhError as exc:

@@ -40,6 +40,7 @@ class Settings(BaseModel):
     build_indexes: bool = True                # small fields: index the catalogue cone
     catalogs: list[str] = []                  # reference chain; empty: observatory's, else gaia, tycho2_local
     catalog_settings: dict[str, dict] = {}
+    catalog_merge: bool = False               # every catalogue that answers, merged
     offline: bool = False
     detect_thresh: float = 5.0
     max_sources: int = 300                    # brightest sources handed to solve-field
@@ -126,8 +127,11 @@ def _reference(center, radius, epoch, s: Settings, frame, notes):
     from bh_catalogs.field import load_reference
     chain = s.catalogs or _obs_chain(frame)
     ref, name, attempts = load_reference(center, radius, epoch, chain, {"offline": s.offline},
-                                         obs=frame.obs, per_catalog=s.catalog_settings)
+                                         obs=frame.obs, per_catalog=s.catalog_settings,
+                                         merge=s.catalog_merge)
     notes.setdefault("catalog_attempts", []).extend(attempts)
+    if ref.meta.get("merged"):
+        notes["catalog_merge"] = ref.meta["merged"]
     return ref, name
 
 

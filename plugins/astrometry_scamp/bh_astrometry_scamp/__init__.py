@@ -4,8 +4,9 @@ Why SCAMP: given a rough WCS it matches and fits distortion (TPV) fast and well.
 It needs that rough WCS: the frame's own, else one built from the pointing
 (RA/DEC keywords) and the pixel scale; with neither, astrometry_nova is asked for
 a first solution (or the fallback chain moves on). The reference is a local LDAC
-written from the catalogue layer (Gaia, then the offline Tycho-2, by default), so
-SCAMP never goes online. SCAMP exits 0 even when it cross-identifies wrongly, so
+written from the catalogue layer (Gaia, then the offline Tycho-2, by default; with
+``catalog_merge`` every catalogue of the chain that answers, merged), so SCAMP
+never goes online. SCAMP exits 0 even when it cross-identifies wrongly, so
 every solution is re-checked here: too few matches, too large an RMS or a low
 matching contrast is refused with AstrometryNotSolved, never passed on. The
 distortion degree starts from the field size, is capped by the number of stars
@@ -47,6 +48,7 @@ class Settings(BaseModel):
     distort_degree: int | None = None         # None: from field size and star count
     catalogs: list[str] = []                  # reference chain; empty: observatory's, else gaia, tycho2_local
     catalog_settings: dict[str, dict] = {}    # per-catalogue settings, e.g. {"file": {"path": ...}}
+    catalog_merge: bool = False               # every catalogue that answers, merged
     offline: bool = False
     max_reference_stars: int = 3000
     detect_thresh: float = 5.0
@@ -100,7 +102,8 @@ def _solve(frame, sources, s: Settings, settings) -> AstrometryResult:
     chain = s.catalogs or _obs_chain(frame)
     ref, cat_name, cat_attempts = load_reference(
         center, radius, epoch, chain, {"offline": s.offline}, obs=frame.obs,
-        per_catalog=s.catalog_settings)
+        per_catalog=s.catalog_settings, merge=s.catalog_merge)
+    merged = ref.meta.get("merged")
     mags = main_magnitude(ref)
     order = np.argsort(np.where(np.isfinite(mags), mags, np.inf), kind="stable")
     ref, mags = ref[order[: s.max_reference_stars]], mags[order[: s.max_reference_stars]]
@@ -154,6 +157,8 @@ def _solve(frame, sources, s: Settings, settings) -> AstrometryResult:
     notes = {"start": how, "distort_degree": degree, "scamp": run.qa,
              "catalog_attempts": cat_attempts, "n_detections": int(len(objects)),
              "n_reference": int(len(ref))}
+    if merged:
+        notes["catalog_merge"] = merged
     return AstrometryResult(wcs=run.wcs, solved=True, n_matched=len(matches), rms_arcsec=rms,
                             backend=NAME, catalog=ref.meta.get("catalog", cat_name),
                             matches=matches, notes=notes)

@@ -6,6 +6,18 @@ Columns are mapped to the bhcore scheme by ``columns`` (``{"ra": "RA_ICRS", "V":
 a mapping. Ambiguous ones (``gmag`` can be SDSS, Pan-STARRS or APASS) must be
 mapped by the user. ``ref_epoch`` says the epoch of the positions when the file
 has no per-row epoch column; proper motions, when present, are applied.
+
+Several files: ``path`` may be a list (the files share ``columns``, ``ref_epoch``,
+``format``, ``mag_band``), and ``files`` lists files each with its own settings
+(``{"path": ..., "columns": {...}, "ref_epoch": 2016.0}``; a key left out takes the
+backend's own), read after those of ``path``. Each file is cut to the cone and
+propagated to the epoch on its own. Then, like a catalogue chain: by default the
+first file with stars in the cone answers (so calibration always gets one file's
+photometry); with ``catalog_merge`` (which the catalogue layer sets when an
+astrometry backend merges catalogues) every file that answers is merged into one
+table, the earlier files preferred (``bhcore.gaia_grid.merge_catalogs``: duplicates
+within 1-2" dropped, a ``catalog`` column naming each star's file). A file that
+cannot be read is then skipped and named in ``meta['merged']``.
 """
 from __future__ import annotations
 
@@ -16,6 +28,9 @@ from astropy import units as u
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
+from pydantic import BaseModel
+
+from bhcore.gaia_grid import describe_merge, merge_catalogs
 from bhcore.hookspecs import hookimpl
 from bhcore.plugins import PluginInfo
 
@@ -49,14 +64,26 @@ DEFAULT_UNITS = {"ra": u.deg, "dec": u.deg, "ra_err": u.mas, "dec_err": u.mas,
                  "pmdec_err": u.mas / u.yr, "parallax": u.mas, "parallax_err": u.mas}
 
 
-class Settings(CatalogSettings):
-    """Which file, how its columns map, and the epoch of its positions."""
+class FileEntry(BaseModel):
+    """One of several files, with its own settings (None: the backend's own)."""
 
-    path: str = ""
+    path: str
+    format: str | None = None
+    columns: dict[str, str] | None = None
+    ref_epoch: float | None = None
+    mag_band: str | None = None
+
+
+class Settings(CatalogSettings):
+    """Which file(s), how the columns map, and the epoch of the positions."""
+
+    path: str | list[str] = ""             # one file, or several sharing the settings below
+    files: list[FileEntry] = []            # several files, each with its own settings
     format: str | None = None              # astropy format; None: from the extension
     columns: dict[str, str] = {}           # bhcore name -> file column
     ref_epoch: float = 2000.0              # when the file has no epoch column
     mag_band: str | None = None            # band used for mag_limit and ordering
+    catalog_merge: bool = False            # several files: merge all (set by load_reference)
 
 
 @hookimpl
@@ -141,13 +168,18 @@ def standardise(raw: Table, s: Settings) -> Table:
     return finish_columns(table)
 
 
-@hookimpl
-def bh_reference_catalog(name, center, radius_deg, epoch, settings):
-    if name != NAME:
-        return None
-    s = settings_of(Settings, settings)
-    if not s.path:
-        raise CatalogUnavailable("file: no catalogue path given (setting file.path)")
+def file_settings(s: Settings) -> list[Settings]:
+    """One Settings per file (``path`` entries first, then ``files``), each with one path."""
+    paths = [s.path] if isinstance(s.path, str) else list(s.path)
+    out = [s.model_copy(update={"path": p, "files": []}) for p in paths if p]
+    for entry in s.files:
+        own = {k: v for k, v in entry.model_dump().items() if v is not None}
+        out.append(s.model_copy(update={**own, "files": []}))
+    return out
+
+
+def read_one(s: Settings, center, radius_deg, epoch) -> Table:
+    """One file's stars in the cone, at ``epoch``, brightest first."""
     path = Path(s.path).expanduser()
     if not path.is_file():
         raise CatalogUnavailable(f"file: catalogue {path} does not exist")
@@ -160,4 +192,46 @@ def bh_reference_catalog(name, center, radius_deg, epoch, settings):
     table.meta.update(catalog=f"file {path.name}", backend=NAME, mag_band=band,
                       source=str(path), radius_deg=float(radius_deg),
                       ra_center=float(center.icrs.ra.deg), dec_center=float(center.icrs.dec.deg))
+    return table
+
+
+@hookimpl
+def bh_reference_catalog(name, center, radius_deg, epoch, settings):
+    if name != NAME:
+        return None
+    s = settings_of(Settings, settings)
+    each = file_settings(s)
+    if not each:
+        raise CatalogUnavailable("file: no catalogue path given (setting file.path or "
+                                 "file.files)")
+    if len(each) == 1:
+        return read_one(each[0], center, radius_deg, epoch)
+    parts, tried, empty = [], [], None
+    for one in each:
+        label = f"file {Path(one.path).name}"
+        try:
+            table = read_one(one, center, radius_deg, epoch)
+        except CatalogUnavailable as exc:
+            tried.append({"catalog": label, "stars": 0, "kept": 0, "error": str(exc)})
+            continue
+        if len(table) == 0:
+            empty = table if empty is None else empty
+            tried.append({"catalog": label, "stars": 0, "kept": 0,
+                          "error": "no stars in the cone"})
+            continue
+        if not s.catalog_merge:                # the first file that answers, as a chain
+            table.meta["files_tried"] = tried
+            return table
+        parts.append((label, table))
+    if not parts:
+        if empty is not None:
+            empty.meta["files_tried"] = tried
+            return empty
+        raise CatalogUnavailable(f"file: none of {len(each)} files could be read ("
+                                 + describe_merge(tried) + ")")
+    table = merge_catalogs(parts)
+    table.meta["merged"] = table.meta["merged"] + tried
+    table = brightest(table, None, s.row_limit)
+    table.meta.update(backend=NAME, source=", ".join(str(Path(o.path).expanduser())
+                                                      for o in each))
     return table
