@@ -293,7 +293,7 @@ def two_files(tmp_path):
 
 
 def _merged(files, **kw):
-    from bhcore.gaia_grid import load_reference
+    from bhcore.refcat import load_reference
     return load_reference(CENTER, 0.1, None, ["file"], {"offline": True},
                           per_catalog={"file": {"files": [{"path": f} for f in files]}},
                           merge=True, **kw)
@@ -321,7 +321,7 @@ def test_merge_drops_duplicates_of_the_preferred_catalogue_and_names_each_source
 
 
 def test_merge_radius_follows_the_quoted_position_errors():
-    from bhcore.gaia_grid import merge_catalogs
+    from bhcore.refcat import merge_catalogs
 
     def cat(offsets, err):
         ra, dec = zip(*[_at(e, 0) for e in offsets])
@@ -340,7 +340,7 @@ def test_merge_radius_follows_the_quoted_position_errors():
 
 
 def test_merge_offline_skips_the_catalogue_that_cannot_answer(two_files):
-    from bhcore.gaia_grid import CatalogError, load_reference
+    from bhcore.refcat import CatalogError, load_reference
     a, _b = two_files
     table, name, attempts = load_reference(
         CENTER, 0.1, None, ["gaia", "file"], {"offline": True},
@@ -355,7 +355,7 @@ def test_merge_offline_skips_the_catalogue_that_cannot_answer(two_files):
 
 
 def test_merge_prefers_gaia_and_compares_positions_at_the_frame_epoch(server, tmp_path):
-    from bhcore.gaia_grid import load_reference
+    from bhcore.refcat import load_reference
     # the fast Gaia star (1000, -500 mas/yr from 2016) with the same motion in the file;
     # Gaia's second star (5 mas/yr) without one; and a star of the file's own
     path = tmp_path / "mine.ecsv"

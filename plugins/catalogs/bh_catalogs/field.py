@@ -4,7 +4,7 @@
 gives the cone that covers a frame, ``main_magnitude`` a catalogue's main band.
 ``load_reference`` (a chain of catalogue backends through the plugin hooks, so the
 offline Tycho-2 default takes over when the archive cannot be reached) and
-``frame_epoch`` live in ``bhcore.gaia_grid`` and are re-exported here.
+``frame_epoch`` live in ``bhcore.refcat`` and are re-exported here.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from astropy import units as u
 from astropy.coordinates import SkyCoord
 
-from bhcore.gaia_grid import DEFAULT_CHAIN, frame_epoch, load_reference  # noqa: F401 (re-export)
+from bhcore.refcat import DEFAULT_CHAIN, frame_epoch, load_reference  # noqa: F401 (re-export)
 
 from .common import CatalogUnavailable
 

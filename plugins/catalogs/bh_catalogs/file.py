@@ -15,7 +15,7 @@ propagated to the epoch on its own. Then, like a catalogue chain: by default the
 first file with stars in the cone answers (so calibration always gets one file's
 photometry); with ``catalog_merge`` (which the catalogue layer sets when an
 astrometry backend merges catalogues) every file that answers is merged into one
-table, the earlier files preferred (``bhcore.gaia_grid.merge_catalogs``: duplicates
+table, the earlier files preferred (``bhcore.refcat.merge_catalogs``: duplicates
 within 1-2" dropped, a ``catalog`` column naming each star's file). A file that
 cannot be read is then skipped and named in ``meta['merged']``.
 """
@@ -30,7 +30,7 @@ from astropy.table import Table
 
 from pydantic import BaseModel
 
-from bhcore.gaia_grid import describe_merge, merge_catalogs
+from bhcore.refcat import describe_merge, merge_catalogs
 from bhcore.hookspecs import hookimpl
 from bhcore.plugins import PluginInfo
 
