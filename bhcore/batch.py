@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -339,6 +340,9 @@ class _Bars:
                 self.progress.update(task, advance=1)
 
 
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+
+
 def print_summary(summary: RunSummary, console, err_console, max_notes: int = 30) -> None:
     """Counts, speed, grouped stage notes, warnings; then every failure with its reason."""
     skipped = len(getattr(summary, "skipped", []))
@@ -350,21 +354,29 @@ def print_summary(summary: RunSummary, console, err_console, max_notes: int = 30
                       f"{summary.workers} {summary.executor} worker(s); per stage: "
                       + ", ".join(f"{k} {v}" for k, v in summary.stage_counts.items()),
                       markup=False, soft_wrap=True)
-    groups: dict[str, list[str]] = {}
+    # notes that differ only in their numbers (a zero point, a star count) are one kind
+    groups: dict[str, list[tuple[str, str]]] = {}
     for note in summary.stage_notes:
         stem, sep, text = note.partition(": ")
         if not sep or " " in stem:          # a note about the run, not one frame
             stem, text = note, note
-        groups.setdefault(text, []).append(stem)
+        groups.setdefault(_NUMBER.sub("#", text), []).append((stem, text))
     shown = 0
-    for text, stems in groups.items():
+    for members in groups.values():
         if shown == max_notes:
             console.print(f"  ... {len(groups) - shown} more kinds of notes in the "
                           "manifests", markup=False, soft_wrap=True)
             break
-        who = "" if stems == [text] else \
-            (f"{stems[0]}: " if len(stems) == 1 else f"{len(stems)} frames: ")
-        console.print(f"  {who}{redact(text)}", markup=False, soft_wrap=True)
+        (stem, text), n = members[0], len(members)
+        if stem == text:
+            line = text
+        elif n == 1:
+            line = f"{stem}: {text}"
+        elif len({t for _s, t in members}) == 1:
+            line = f"{n} frames: {text}"
+        else:
+            line = f"{n} frames: {text} (the numbers of {stem}; they differ per frame)"
+        console.print(f"  {redact(line)}", markup=False, soft_wrap=True)
         shown += 1
     for warning in getattr(summary, "warnings", [])[:max_notes]:
         err_console.print(f"warning: {redact(warning)}", markup=False, soft_wrap=True)

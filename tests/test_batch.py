@@ -227,3 +227,24 @@ def test_a_run_killed_at_random_moments_finishes_with_every_frame_once(killable,
             if stage in ("header", "astrometry"):     # pure functions of the input
                 np.testing.assert_array_equal(fits.getdata(out / name / product),
                                               fits.getdata(ref / name / product))
+
+
+def test_summary_groups_notes_that_differ_only_in_numbers():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bhcore.batch import print_summary
+    from bhcore.runner import RunSummary
+    summary = RunSummary(done=3, stage_notes=[
+        "a.fits: calibration: ZP 24.99 ± 0.003, 157 stars",
+        "b.fits: calibration: ZP 24.97 ± 0.003, 150 stars",
+        "a.fits: astrometry: solved", "b.fits: astrometry: solved",
+        "c.fits: calibration failed: need at least 3 stars"])
+    out = StringIO()
+    print_summary(summary, Console(file=out, width=200), Console(file=StringIO()))
+    lines = out.getvalue().splitlines()
+    assert "  2 frames: calibration: ZP 24.99 ± 0.003, 157 stars (the numbers of a.fits; " \
+           "they differ per frame)" in lines
+    assert "  2 frames: astrometry: solved" in lines
+    assert "  c.fits: calibration failed: need at least 3 stars" in lines
