@@ -136,31 +136,15 @@ def night_pg(pg_server, tmp_path_factory):  # noqa: F811
     pytest.importorskip("bh_calibrate_builtin", reason="calibrate_builtin not installed")
     pytest.importorskip("bh_catalogs", reason="catalogue backends not installed")
     pytest.importorskip("sep")
-    from bhcore.results.stage import calibrate_and_record, ingest
-    from bhcore.testing import make_night
-    from test_lightcurves import measure
+    from bhcore.results.stage import ingest
+    from test_lightcurves import record_night
     url = pg_server.create_database("night")
     root = tmp_path_factory.mktemp("pgnight")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BHCORE_HOME", str(root / "home"))
-        night = make_night(n_frames=8, shape=(160, 160), n_stars=40, seed=7, blends=False,
-                           flux_range=(5e3, 3e5))
-        cat = night.catalog
-        rng = np.random.default_rng(5)
-        ref = Table({"ra": cat["ra"], "dec": cat["dec"], "V": cat["mag"],
-                     "V_err": np.full(len(cat), 0.01)})
-        ref["B"], ref["B_err"] = ref["V"] + rng.uniform(0.2, 1.2, len(cat)), 0.01
-        ref.write(root / "ref.ecsv")
-        target = (float(cat["ra"][0]), float(cat["dec"][0]))
-        for i, sf in enumerate(night.frames):
-            frame, table = measure(sf)
-            result, _p, notes = calibrate_and_record(
-                frame, table, None, root / "out" / f"frame_{i + 1:04d}",
-                {"catalogs": "file", "file.path": str(root / "ref.ecsv"),
-                 "target_ra": target[0], "target_dec": target[1], "plots": False,
-                 "results_url": url})
-            assert result is not None, notes
-            assert not any("results database" in n for n in notes), notes
+        _night, target = record_night(root, {"results_url": url}, n_frames=8,
+                                      shape=(160, 160), n_stars=40, seed=7,
+                                      flux_range=(5e3, 3e5))
         assert ingest(root / "out") == 8                # the SQLite twin
         yield url, root / "out", target
 
