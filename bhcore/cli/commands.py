@@ -64,10 +64,9 @@ def photometry(
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Measure every source of FILE with one backend and write the SourceTable as ECSV."""
-    from ..frame import read_frame
     from ..pipeline import run_photometry, write_table
     obs = observatory_settings(observatory)
-    frame = read_frame(file, obs=obs)
+    frame = _standardised(file, obs)
     extra = parse_overrides(overrides)
     if products is not None:
         extra["products_dir"] = str(products)
@@ -75,6 +74,15 @@ def photometry(
     write_table(table, out)
     console.print(f"{len(table)} sources measured by {backend} in "
                   f"{table.meta.get('elapsed_s', 0):.2f} s -> {out}")
+
+
+def _standardised(file: Path, obs):
+    """The frame as the stages see it in a run: its header filled from the camera's
+    obs.info entry (times, J2000 pointing, gain, saturation) when one is named."""
+    from ..frame import read_frame
+    from ..headers import header_plugins, standardise
+    frame = read_frame(file, obs=obs)
+    return standardise(frame, obs, header_plugins(obs)) if obs is not None else frame
 
 
 def astrometry(
@@ -86,12 +94,11 @@ def astrometry(
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
 ):
     """Solve the astrometry of FILE with the fallback chain and write the solved copy."""
-    from ..frame import read_frame
     from ..gaia_grid import write_products
     from ..pipeline import run_astrometry
     from ..runner import safe_stem
     obs = observatory_settings(observatory)
-    frame = read_frame(file, obs=obs)
+    frame = _standardised(file, obs)
     chain = backend or (obs.backends_for("astrometry") if obs else
                         ("astrometry_scamp", "astrometry_nova"))
     result, attempts = run_astrometry(frame, chain, obs=obs,
