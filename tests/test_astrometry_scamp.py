@@ -197,3 +197,20 @@ def test_scamp_missing_engine_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))           # no engine can be found
     with pytest.raises(BhError, match="not installed|apt-get"):
         run_astrometry(frame, ["astrometry_scamp"], overrides=settings_for(path))
+
+
+@needs_scamp
+def test_scamp_searches_wider_only_when_the_usual_search_fails(tmp_path):
+    """A pointing 20' off: 12' cannot reach it, the wide search on failure does."""
+    frame, truth, path = scene(tmp_path, offset_arcmin=20.0, rotation_deg=2.0)
+    with pytest.raises(AstrometryNotSolved):
+        run_astrometry(frame, ["astrometry_scamp"], overrides=settings_for(path))
+    result, _ = run_astrometry(frame, ["astrometry_scamp"], overrides=settings_for(
+        path, position_maxerr_wide_arcmin=30.0))
+    assert result.notes["search_arcmin"] == 30.0
+    assert wcs_error_rms(truth, result.wcs, SHAPE) < 0.05
+    (tmp_path / "near").mkdir()
+    near, _truth, path_near = scene(tmp_path / "near", offset_arcmin=5.0, rotation_deg=2.0)
+    result, _ = run_astrometry(near, ["astrometry_scamp"], overrides=settings_for(
+        path_near, position_maxerr_wide_arcmin=30.0))
+    assert result.notes["search_arcmin"] == 12.0          # the usual search was enough

@@ -88,10 +88,9 @@ def test_every_frame_solves_offline_with_the_target_on_a_detected_source(night):
           f"{len(distances)} frames (median distance {np.median(distances):.2f}\"); "
           f"{by_scamp} solved by SCAMP, the camera's first backend")
     assert on_source >= 0.95
-    # the registry entry's SCAMP settings (mirror, 30' search for the drift) hold for most
-    # of the night (134 of 142 when written; the others fall back to astrometry.net, as the
-    # chain is meant to: a wider search lets SCAMP's matching lose contrast mid-night)
-    assert by_scamp >= 0.9 * len(files)
+    # the registry entry's SCAMP settings (mirror; a 30' search when the usual 12' fails,
+    # for the late frames the field has drifted from the header pointing) hold all night
+    assert by_scamp >= 0.95 * len(files)
 
 
 def test_transit_model_fit_gives_the_published_depth_and_mid_time(night):

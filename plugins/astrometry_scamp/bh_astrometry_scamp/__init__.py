@@ -43,6 +43,7 @@ class Settings(BaseModel):
     rotation_deg: float = 0.0                 # position angle of +y (180 = north down)
     flip: bool = False                        # True: east to the right (mirrored optics)
     position_maxerr_arcmin: float = 12.0      # how far off the starting WCS may be
+    position_maxerr_wide_arcmin: float | None = None   # once more this wide if no convincing match
     posangle_maxerr_deg: float = 5.0
     pixscale_maxerr: float = 1.1
     distort_degree: int | None = None         # None: from field size and star count
@@ -97,16 +98,22 @@ def _solve(frame, sources, s: Settings, settings) -> AstrometryResult:
     start, how = starting_wcs(frame, s, settings)
     epoch = frame_epoch(frame)
     year = float(epoch.jyear) if epoch is not None else 2016.0
-    margin = s.position_maxerr_arcmin / 60.0
-    center, radius = field_cone(frame.shape, start, margin_deg=margin)
     chain = s.catalogs or _obs_chain(frame)
-    ref, cat_name, cat_attempts = load_reference(
-        center, radius, epoch, chain, {"offline": s.offline}, obs=frame.obs,
-        per_catalog=s.catalog_settings, merge=s.catalog_merge)
+
+    def stars_within(search_arcmin):
+        """Reference stars of the frame's cone widened by the search radius, brightest
+        first (a wider cone than the search dilutes SCAMP's match)."""
+        center, radius = field_cone(frame.shape, start, margin_deg=search_arcmin / 60.0)
+        ref, name, attempts = load_reference(
+            center, radius, epoch, chain, {"offline": s.offline}, obs=frame.obs,
+            per_catalog=s.catalog_settings, merge=s.catalog_merge)
+        mags = main_magnitude(ref)
+        order = np.argsort(np.where(np.isfinite(mags), mags, np.inf), kind="stable")
+        keep = order[: s.max_reference_stars]
+        return ref[keep], mags[keep], name, attempts
+
+    ref, mags, cat_name, cat_attempts = stars_within(s.position_maxerr_arcmin)
     merged = ref.meta.get("merged")
-    mags = main_magnitude(ref)
-    order = np.argsort(np.where(np.isfinite(mags), mags, np.inf), kind="stable")
-    ref, mags = ref[order[: s.max_reference_stars]], mags[order[: s.max_reference_stars]]
     scale = pixel_scale_arcsec(start)
     with private_workdir(prefix="bh-scamp-") as work:
         header = ldac.image_header(frame.shape, start)
@@ -125,7 +132,22 @@ def _solve(frame, sources, s: Settings, settings) -> AstrometryResult:
         reference = ldac.reference_ldac(work / "reference.ldac", ref, mags, year)
         first, top = choose_degree(frame.shape, scale, len(objects), len(ref))
         degree = s.distort_degree or first
-        run = _run_checked(catalog, reference, work, degree, s, scale)
+        try:
+            run = _run_checked(catalog, reference, work, degree, s, scale)
+            search = s.position_maxerr_arcmin
+        except AstrometryNotSolved as exc:
+            # a mount whose header pointing stays put while the field drifts puts late
+            # frames beyond the usual search, but searching wide on every frame lets
+            # SCAMP's match lose contrast: wide only when the usual search failed
+            search = s.position_maxerr_wide_arcmin
+            if not search or search <= s.position_maxerr_arcmin:
+                raise
+            log.info("SCAMP within %g': %s; trying %g'", s.position_maxerr_arcmin, exc, search)
+            s = s.model_copy(update={"position_maxerr_arcmin": search})
+            ref, mags, cat_name, cat_attempts = stars_within(search)
+            merged = ref.meta.get("merged")
+            reference = ldac.reference_ldac(work / "reference_wide.ldac", ref, mags, year)
+            run = _run_checked(catalog, reference, work, degree, s, scale)
         top = min(top, degree_for_stars(run.qa.get("n_reference", 0)))   # stars SCAMP matched
         if s.distort_degree is None and degree > top:        # too few matches for this degree
             degree = top
@@ -154,7 +176,7 @@ def _solve(frame, sources, s: Settings, settings) -> AstrometryResult:
     matches, rms = check_solution(run.wcs, x, y, ref, min_matches=s.min_matches,
                                   max_rms_arcsec=limit, backend=NAME, path=frame.path,
                                   mags=mags)
-    notes = {"start": how, "distort_degree": degree, "scamp": run.qa,
+    notes = {"start": how, "search_arcmin": search, "distort_degree": degree, "scamp": run.qa,
              "catalog_attempts": cat_attempts, "n_detections": int(len(objects)),
              "n_reference": int(len(ref))}
     if merged:
