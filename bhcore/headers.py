@@ -136,6 +136,12 @@ def output_path(path: str | Path, out_dir: str | Path) -> Path:
     return target
 
 
+def read_standardised(path: str | Path, obs, *, check: bool = False) -> Frame:
+    """The frame as every stage sees it: read, its header filled by the generic FITS
+    manager and the observatory's fixers (never the file on disk)."""
+    return standardise(read_frame(path, obs=obs, check=check), obs, header_plugins(obs))
+
+
 def write_standardised(path: str | Path, obs, out_dir: str | Path, pm=None) -> Path:
     """Read ``path``, standardise its header, write ``out_dir/<stem>.fits`` atomically."""
     frame = read_frame(path, obs=obs)

@@ -11,9 +11,9 @@ from pathlib import Path
 from astropy.io import fits
 
 from .errors import AstrometryNotSolved, BackendNotFound, BhError, NotImplementedYet
-from .frame import file_stem, read_frame, write_frame
+from .frame import file_stem, write_frame
 from .gaia_grid import write_products
-from .headers import header_plugins, standardise
+from .headers import read_standardised
 from .pipeline import run_astrometry, run_photometry, write_table
 from .results.stage import calibrate_and_record
 
@@ -77,8 +77,7 @@ def header_and_astrometry(path, obs, folder: Path, stem: str, overrides=None):
     """
     products: dict[str, Path] = {}
     notes: list[str] = []
-    raw = read_frame(path, obs=obs, check=True)
-    frame = standardise(raw, obs, header_plugins(obs))
+    frame = read_standardised(path, obs, check=True)
     products["header"] = write_frame(frame, folder / f"{stem}_std.fits")
     chain = obs.backends_for("astrometry") if obs else ("astrometry_scamp", "astrometry_nova")
     try:

@@ -80,9 +80,8 @@ def _standardised(file: Path, obs):
     """The frame as the stages see it in a run: its header filled from the camera's
     obs.info entry (times, J2000 pointing, gain, saturation) when one is named."""
     from ..frame import read_frame
-    from ..headers import header_plugins, standardise
-    frame = read_frame(file, obs=obs)
-    return standardise(frame, obs, header_plugins(obs)) if obs is not None else frame
+    from ..headers import read_standardised
+    return read_standardised(file, obs) if obs is not None else read_frame(file)
 
 
 def astrometry(
@@ -122,6 +121,16 @@ def calibrate(
                   f"({result.n_stars} stars, {result.catalog} {result.band})")
 
 
+# options shared by the commands that process many frames (run, demo)
+WORKERS_OPTION = typer.Option(
+    None, "--workers", "-j", min=0,
+    help="Frames processed at once (default: the cores; 0: in this process).")
+RESUME_OPTION = typer.Option(False, "--resume", help="Skip frames whose products are complete.")
+EXECUTOR_OPTION = typer.Option("local", "--executor", help="local | dask")
+SCHEDULER_OPTION = typer.Option(
+    None, "--scheduler", help="Dask scheduler tcp://HOST:PORT (default: a local cluster).")
+
+
 def run(
     files: List[Path] = typer.Argument(..., help="Raw FITS frames."),
     observatory: str = typer.Option(..., "--observatory", help="ONAME of the camera."),
@@ -129,14 +138,10 @@ def run(
     photometry_backend: Optional[str] = typer.Option(None, "--photometry",
                                                      help="Override the photometry backend."),
     overrides: Optional[List[str]] = typer.Option(None, "--set", help=SET_HELP),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", "-j", min=0,
-        help="Frames processed at once (default: the cores; 0: in this process)."),
-    resume: bool = typer.Option(False, "--resume",
-                                help="Skip frames whose products are complete."),
-    executor: str = typer.Option("local", "--executor", help="local | dask"),
-    scheduler: Optional[str] = typer.Option(
-        None, "--scheduler", help="Dask scheduler tcp://HOST:PORT (default: a local cluster)."),
+    workers: Optional[int] = WORKERS_OPTION,
+    resume: bool = RESUME_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    scheduler: Optional[str] = SCHEDULER_OPTION,
 ):
     """Run every available stage on each frame in parallel; one failing frame never stops the rest."""
     from ..batch import print_summary
@@ -157,14 +162,10 @@ def demo(
         None, "--frames", min=1, help="Frames in the simulated night (default 80)."),
     size: int = typer.Option(512, "--size", help="Frame size in pixels."),
     seed: int = typer.Option(1, "--seed"),
-    workers: Optional[int] = typer.Option(
-        None, "--workers", "-j", min=0,
-        help="Frames processed at once (default: the cores; 0: in this process)."),
-    resume: bool = typer.Option(False, "--resume",
-                                help="Skip frames whose products are complete."),
-    executor: str = typer.Option("local", "--executor", help="local | dask"),
-    scheduler: Optional[str] = typer.Option(
-        None, "--scheduler", help="Dask scheduler tcp://HOST:PORT (default: a local cluster)."),
+    workers: Optional[int] = WORKERS_OPTION,
+    resume: bool = RESUME_OPTION,
+    executor: str = EXECUTOR_OPTION,
+    scheduler: Optional[str] = SCHEDULER_OPTION,
 ):
     """Simulate a night with a transit and a variable, run every stage, fit the transit."""
     from ..batch import print_summary
